@@ -1,0 +1,7 @@
+"""Federation plan (hashed contract) and site file (local settings)."""
+
+from fltac_secure.plan.load import DEMO_PLAN, canonical_json, load_plan, load_site, plan_hash
+from fltac_secure.plan.schema import Plan, Task
+from fltac_secure.plan.site import Site
+
+__all__ = ["DEMO_PLAN", "Plan", "Site", "Task", "canonical_json", "load_plan", "load_site", "plan_hash"]

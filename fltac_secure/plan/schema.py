@@ -1,0 +1,217 @@
+"""The federation plan: the contract every site and the aggregator share.
+
+Everything here is identical at every site and goes into the plan hash.
+Site-local values (paths, addresses) live in the site file (``site.py``).
+Every model forbids unknown keys; every field carries its help text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_NAME = re.compile(NAME_RE)
+
+
+class Strict(BaseModel):
+    """Base for all plan sections: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Task(Strict):
+    name: str = Field(pattern=NAME_RE, description="Task name, unique in the plan (letters, digits, _.-).")
+    labels: list[str] = Field(
+        min_length=2,
+        description="Label names in a fixed order; a label's index is its class id. At least two.",
+    )
+    demo_source: Literal["news", "spam", "sentiment", "langid", "synthetic"] | None = Field(
+        default=None,
+        description="Shipped data set used by `fltac data prepare-demo` for this task (None: bring your own).",
+    )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate label(s) {dup}; every label must appear once")
+        if any(not x.strip() for x in v):
+            raise ValueError("empty label name; give every label a non-empty name")
+        return v
+
+
+class LoRA(Strict):
+    rank: int = Field(default=1, ge=1, le=1024, description="LoRA rank r (the paper uses 1 for FL-TAC).")
+    alpha: float = Field(default=8.0, gt=0, description="LoRA scaling alpha (scale = alpha / r).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        min_length=1,
+        description="Module names that get LoRA (the paper: attention query and value).",
+    )
+
+
+class Model(Strict):
+    base: str = Field(
+        default="minilm",
+        min_length=1,
+        description="Base model: a known short name (minilm, tiny-bert, tiny-vit) or a local folder "
+        "loadable with transformers' from_pretrained. Never fetched from a hub.",
+    )
+    lora: LoRA = Field(default_factory=LoRA, description="LoRA settings, the same for every adapter.")
+
+
+class Clustering(Strict):
+    k: int | None = Field(default=None, ge=1, description="Number of clusters; default: the number of tasks.")
+    sketch_dim: int = Field(default=64, ge=2, le=65536, description="Dimension of the random-projection sketch.")
+    seed: int = Field(default=0, ge=0, description="Seed from which each round's projection seed is derived.")
+    n_init: int = Field(default=10, ge=1, le=1000, description="K-means restarts per round.")
+    normalize: bool = Field(default=True, description="L2-normalise sketches before K-means.")
+    features: Literal["full", "lora", "delta"] = Field(
+        default="delta",
+        description="What is sketched: the full adapter vector, its LoRA part only, or its change "
+        "during this round's local training (delta from the round's start).",
+    )
+
+
+class Aggregation(Strict):
+    weighting: Literal["samples", "uniform"] = Field(
+        default="samples",
+        description="Cluster mean weighted by each slot's sample count, or the paper's plain mean.",
+    )
+
+
+class Training(Strict):
+    local_steps: int = Field(default=20, ge=1, description="Optimizer steps per task slot per round.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Examples per step (expected batch size under DP).")
+    learning_rate: float = Field(default=5e-3, gt=0, lt=10, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_seq_length: int = Field(default=64, ge=4, le=4096, description="Tokens per example (truncated/padded).")
+    eval_batch_size: int = Field(default=64, ge=1, description="Batch size for evaluation.")
+    seed: int = Field(default=0, ge=0, description="Training seed; each slot's randomness is seeded by (seed, site, task, round).")
+
+
+class Privacy(Strict):
+    dp: bool = Field(default=False, description="Train every task slot with DP-SGD (Opacus).")
+    noise_multiplier: float | None = Field(
+        default=None, ge=0, description="Gaussian noise std / clipping norm. Give this or target_epsilon."
+    )
+    target_epsilon: float | None = Field(
+        default=None, gt=0, description="Privacy budget per task slot over all planned rounds; noise is derived from it."
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Per-example gradient clipping norm.")
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="Target delta (must be < 1/n for every slot's n).")
+    accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Privacy accountant.")
+    secure_aggregation: bool = Field(
+        default=False, description="Reserved: masked-sum aggregation inside each cluster (not yet implemented)."
+    )
+    share_task_names: bool = Field(
+        default=False, description="Let sites send task names with their sketches (off: the aggregator never learns them)."
+    )
+
+    @model_validator(mode="after")
+    def _dp_settings(self) -> "Privacy":
+        if self.dp and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("dp is on but neither noise_multiplier nor target_epsilon is set; set one of them")
+        if self.secure_aggregation:
+            raise ValueError("secure_aggregation is reserved and not implemented yet; set it to false")
+        return self
+
+
+class Quorum(Strict):
+    min_collaborators: int = Field(default=1, ge=1, description="Answers needed for a round to proceed.")
+
+
+class Timeouts(Strict):
+    handshake_s: float = Field(default=10.0, gt=0, description="Seconds allowed for a TLS handshake.")
+    round_s: float = Field(default=600.0, gt=0, description="Seconds the aggregator waits for a round phase.")
+    idle_s: float = Field(default=120.0, gt=0, description="Seconds of silence after which a peer is dropped.")
+    rehandshake_s: float = Field(default=3600.0, gt=0, description="Sessions re-handshake this often (certificate re-check).")
+
+
+class Limits(Strict):
+    max_message_mb: float = Field(default=512.0, gt=0, le=65536, description="Largest accepted message, MiB.")
+
+
+class Partition(Strict):
+    """How `prepare-demo` and `simulate` split each task's data over the roster."""
+
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration per task (paper: 0.5).")
+    min_share: float = Field(default=0.01, ge=0, lt=1, description="A site with a smaller share of a task gets none.")
+    seed: int = Field(default=0, ge=0, description="Partition seed.")
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Held-out test split per task.")
+    max_examples_per_task: int | None = Field(default=None, ge=10, description="Cap on examples per task (demo speed).")
+
+
+class Plan(Strict):
+    federation: str = Field(pattern=NAME_RE, description="Federation name.")
+    rounds: int = Field(ge=1, le=100000, description="Number of federated rounds.")
+    roster: list[str] = Field(min_length=1, description="Authorised collaborator names (certificate CNs).")
+    tasks: list[Task] = Field(min_length=1, description="Task catalogue.")
+    model: Model = Field(default_factory=Model)
+    clustering: Clustering = Field(default_factory=Clustering)
+    aggregation: Aggregation = Field(default_factory=Aggregation)
+    training: Training = Field(default_factory=Training)
+    privacy: Privacy = Field(default_factory=Privacy)
+    quorum: Quorum = Field(default_factory=Quorum)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: Limits = Field(default_factory=Limits)
+    partition: Partition = Field(default_factory=Partition)
+
+    @field_validator("roster")
+    @classmethod
+    def _roster_names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not _NAME.match(n)]
+        if bad:
+            raise ValueError(f"invalid site name(s) {bad}; use letters, digits and _.- (max 63)")
+        dup = sorted({n for n in v if v.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate site name(s) {dup}; every site appears once")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: list[Task]) -> list[Task]:
+        names = [t.name for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate task name(s) {dup}; every task appears once")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Plan":
+        slots = len(self.tasks) * len(self.roster)
+        if self.clustering.k is not None and self.clustering.k > slots:
+            raise ValueError(
+                f"clustering.k = {self.clustering.k} exceeds tasks x roster = {slots}; "
+                "use at most that many clusters (default: the number of tasks)"
+            )
+        if self.quorum.min_collaborators > len(self.roster):
+            raise ValueError(
+                f"quorum.min_collaborators = {self.quorum.min_collaborators} exceeds the roster size "
+                f"{len(self.roster)}; lower it or add sites"
+            )
+        return self
+
+    # derived values -------------------------------------------------------
+    @property
+    def k(self) -> int:
+        return self.clustering.k if self.clustering.k is not None else len(self.tasks)
+
+    @property
+    def max_labels(self) -> int:
+        return max(t.num_labels for t in self.tasks)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
