@@ -1,0 +1,212 @@
+"""Plan and site-file validation: every invalid plan names the key; the hash is canonical."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fltac_secure.cli import app
+from fltac_secure.errors import ConfigError
+from fltac_secure.plan import DEMO_PLAN, load_plan, load_site, plan_hash
+
+BASE = yaml.safe_load(DEMO_PLAN.read_text())
+
+
+def write(tmp_path: Path, data: dict, name: str = "plan.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def mutate(path: str, value):
+    """Return a copy of the demo plan with ``path`` (dot/index notation) set to value (DELETE removes)."""
+    data = copy.deepcopy(BASE)
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    last = parts[-1]
+    if value is DELETE:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+
+INVALID = [
+    ("model.lora.rank", 0, "model.lora.rank"),
+    ("clustering.k", 17, "clustering.k"),
+    ("timeouts.round_s", -5, "timeouts.round_s"),
+    ("roster", ["site1", "site1"], "roster"),
+    ("tasks.0.labels", [], "tasks[0].labels"),
+    ("tasks.1.labels", ["ham"], "tasks[1].labels"),
+    ("tasks.1.name", "news", "tasks"),
+    ("rounds", 0, "rounds"),
+    ("rounds", "many", "rounds"),
+    ("training.batch_size", 0, "training.batch_size"),
+    ("training.learning_rate", -0.1, "training.learning_rate"),
+    ("model.lora.dropout", 1.5, "model.lora.dropout"),
+    ("privacy.delta", 2.0, "privacy.delta"),
+    ("privacy.noise_multiplier", -1.0, "privacy.noise_multiplier"),
+    ("quorum.min_collaborators", 9, "quorum"),
+    ("clustering.sketch_dim", 1, "clustering.sketch_dim"),
+    ("limits.max_message_mb", 0, "limits.max_message_mb"),
+    ("surprise", 1, "surprise"),
+    ("training.lr", 0.1, "training.lr"),
+    ("federation", "bad name!", "federation"),
+    ("federation", DELETE, "federation"),
+    ("aggregation.weighting", "median", "aggregation.weighting"),
+    ("roster", ["ok", "no spaces"], "roster"),
+    ("tasks.2.labels", ["a", "a", "b"], "tasks[2].labels"),
+]
+
+
+@pytest.mark.parametrize("path,value,key", INVALID, ids=[f"{p}={v!r}" for p, v, _ in INVALID])
+def test_invalid_plan_names_the_key(tmp_path, path, value, key):
+    plan_file = write(tmp_path, mutate(path, value))
+    with pytest.raises(ConfigError) as exc:
+        load_plan(plan_file)
+    assert exc.value.exit_code == 2
+    assert any(line.startswith(key) or key in line for line in exc.value.problems), exc.value.problems
+
+
+@pytest.mark.parametrize("path,value,key", INVALID[:4] + INVALID[17:19])
+def test_cli_validate_exits_2_one_line_per_problem(tmp_path, path, value, key):
+    plan_file = write(tmp_path, mutate(path, value))
+    result = CliRunner().invoke(app, ["plan", "validate", str(plan_file)])
+    assert result.exit_code == 2 or isinstance(result.exception, ConfigError)
+
+
+def test_cli_main_prints_one_line_and_exit_code(tmp_path, capsys):
+    from fltac_secure.cli import main
+
+    plan_file = write(tmp_path, mutate("model.lora.rank", 0))
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "validate", str(plan_file)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.lora.rank" in err and "Traceback" not in err
+
+
+def test_multiple_problems_each_reported(tmp_path):
+    data = mutate("model.lora.rank", 0)
+    data["training"]["batch_size"] = -1
+    data["bogus"] = True
+    with pytest.raises(ConfigError) as exc:
+        load_plan(write(tmp_path, data))
+    joined = "\n".join(exc.value.problems)
+    for key in ("model.lora.rank", "training.batch_size", "bogus"):
+        assert key in joined
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_plan(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_plan(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_plan(lst)
+
+
+def test_dp_without_noise_or_epsilon_is_refused(tmp_path):
+    data = mutate("privacy.dp", True)
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        load_plan(write(tmp_path, data))
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def test_hash_ignores_key_order_comments_and_whitespace(tmp_path):
+    h1 = plan_hash(load_plan(DEMO_PLAN))
+    reordered = dict(reversed(list(BASE.items())))
+    text = "# a comment\n\n" + yaml.safe_dump(reordered, sort_keys=True, indent=4)
+    p = tmp_path / "reordered.yaml"
+    p.write_text(text)
+    assert plan_hash(load_plan(p)) == h1
+
+
+def test_hash_treats_explicit_default_as_same_plan(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["aggregation"] = {}  # weighting falls back to its default "samples"
+    assert plan_hash(load_plan(write(tmp_path, data))) == plan_hash(load_plan(DEMO_PLAN))
+
+
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("rounds", 4),
+        ("model.lora.rank", 2),
+        ("roster", ["site1", "site2", "site3", "site5"]),
+        ("tasks.1.labels", ["spam", "ham"]),
+        ("clustering.seed", 1),
+        ("privacy.delta", 1e-6),
+        ("training.learning_rate", 0.004),
+    ],
+)
+def test_hash_changes_with_any_semantic_change(tmp_path, path, value):
+    assert plan_hash(load_plan(write(tmp_path, mutate(path, value)))) != plan_hash(load_plan(DEMO_PLAN))
+
+
+def test_hash_cli_matches_library():
+    result = CliRunner().invoke(app, ["plan", "hash", str(DEMO_PLAN)])
+    assert result.exit_code == 0
+    assert result.output.strip() == plan_hash(load_plan(DEMO_PLAN))
+
+
+def test_show_round_trips(tmp_path):
+    result = CliRunner().invoke(app, ["plan", "show", str(DEMO_PLAN)])
+    assert result.exit_code == 0
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(result.output)
+    assert plan_hash(load_plan(shown)) == plan_hash(load_plan(DEMO_PLAN))
+
+
+# ---------------------------------------------------------------- site files
+
+SITE = {
+    "name": "site1",
+    "role": "collaborator",
+    "workspace": "ws",
+    "certs": {"cert": "certs/site1.crt", "key": "certs/site1.key", "ca": "certs/ca.crt"},
+    "data": {"news": {"train": "data/news.csv"}},
+    "aggregator": "tcp://127.0.0.1:5555",
+}
+
+
+def test_site_file_resolves_relative_paths(tmp_path):
+    s = load_site(write(tmp_path, SITE, "site.yaml"), load_plan(DEMO_PLAN))
+    assert s.workspace == (tmp_path / "ws").resolve()
+    assert s.certs.key == (tmp_path / "certs/site1.key").resolve()
+    assert s.data["news"].train == (tmp_path / "data/news.csv").resolve()
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"name": "site9"}, "roster"),
+        ({"data": {"weather": {"train": "x.csv"}}}, "data.weather"),
+        ({"aggregator": None}, "aggregator"),
+        ({"role": "aggregator"}, "bind"),
+        ({"aggregator": "http://x"}, "tcp://"),
+        ({"certs": {"cert": "a"}}, "certs.key"),
+    ],
+)
+def test_bad_site_files(tmp_path, change, needle):
+    data = {**SITE, **change}
+    with pytest.raises(ConfigError) as exc:
+        load_site(write(tmp_path, data, "site.yaml"), load_plan(DEMO_PLAN))
+    assert needle in str(exc.value)
+    assert exc.value.exit_code == 2
