@@ -1,0 +1,155 @@
+"""K-means on adapter sketches, with cluster ids that stay stable across rounds.
+
+The aggregator sees one sketch per task slot, keyed by an opaque slot key
+(e.g. ``"site03/1"``); it never needs task names. K-means (scikit-learn)
+groups the sketches into K clusters (K from the plan, default the number of
+tasks). K-means numbers its clusters arbitrarily, so each round's clusters
+are matched to the previous round's ids with the Hungarian algorithm on
+membership overlap (how many slot keys two clusters share), ties broken by
+the first member's position: a task keeps its global adapter's id from
+round to round, which makes metrics, checkpoints and plots comparable.
+
+Degenerate inputs are handled, not refused: fewer distinct points than K
+gives as many clusters as distinct points (duplicates always share a
+cluster), one point gives one cluster, no points gives an empty result.
+Non-finite sketches are refused.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+
+__all__ = ["ClusterResult", "cluster_sketches", "match_ids", "normalize_rows"]
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """One round's clustering: ``labels[key]`` is the stable cluster id in ``0 .. k-1``.
+
+    ``centroids[cid]`` is the centroid (in the clustered space) of cluster
+    ``cid``; ids that are unused this round are absent.
+    """
+
+    k: int
+    labels: dict[str, int] = field(default_factory=dict)
+    centroids: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        """Number of slots per used cluster id."""
+        out: dict[int, int] = {}
+        for cid in self.labels.values():
+            out[cid] = out.get(cid, 0) + 1
+        return dict(sorted(out.items()))
+
+    def members(self, cid: int) -> list[str]:
+        """Slot keys in cluster ``cid``, in insertion order."""
+        return [key for key, c in self.labels.items() if c == cid]
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise each row; all-zero rows stay zero (no division by zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def cluster_sketches(
+    sketches: Mapping[str, np.ndarray],
+    k: int,
+    *,
+    normalize: bool = True,
+    n_init: int = 10,
+    seed: int = 0,
+    previous: ClusterResult | None = None,
+) -> ClusterResult:
+    """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
+
+    ``sketches`` maps slot key -> 1-D sketch (all the same length). The
+    K-means run is seeded by ``seed`` (the caller derives it from the plan
+    and the round) so every replay of a round gives the same clusters.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    keys = list(sketches)
+    if not keys:
+        return ClusterResult(k=k)
+    x = _stack(keys, sketches)
+    if normalize:
+        x = normalize_rows(x)
+    raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)
+    ids = match_ids(keys, raw, k, previous)
+    labels = {key: ids[int(r)] for key, r in zip(keys, raw, strict=True)}
+    centroids = {ids[int(r)]: x[raw == r].mean(axis=0) for r in np.unique(raw)}
+    return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())))
+
+
+def _stack(keys: Sequence[str], sketches: Mapping[str, np.ndarray]) -> np.ndarray:
+    rows = [np.asarray(sketches[key], dtype=np.float64) for key in keys]
+    dims = {r.shape for r in rows}
+    if len(dims) != 1 or rows[0].ndim != 1:
+        raise ValueError(f"sketches must be 1-D and all the same length, got shapes {sorted(dims)}")
+    x = np.stack(rows)
+    if not np.all(np.isfinite(x)):
+        bad = [key for key, r in zip(keys, rows, strict=True) if not np.all(np.isfinite(r))]
+        raise ValueError(f"non-finite sketch values from slot(s) {bad}; refusing to cluster them")
+    return x
+
+
+def _kmeans_labels(x: np.ndarray, k: int, *, n_init: int, seed: int) -> np.ndarray:
+    """Raw K-means labels; K is capped at the number of distinct points."""
+    distinct, inverse = np.unique(x, axis=0, return_inverse=True)
+    k_eff = min(k, distinct.shape[0])
+    if k_eff == 1:
+        return np.zeros(x.shape[0], dtype=np.int64)
+    if k_eff == distinct.shape[0]:
+        return inverse.reshape(-1).astype(np.int64)
+    km = KMeans(n_clusters=k_eff, n_init=n_init, random_state=seed % (2**32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return km.fit_predict(x).astype(np.int64)
+
+
+def match_ids(
+    keys: Sequence[str], raw: np.ndarray, k: int, previous: ClusterResult | None
+) -> dict[int, int]:
+    """Map raw K-means labels to stable ids in ``0 .. k-1``.
+
+    With a previous round: Hungarian assignment maximising the number of slot
+    keys a new cluster shares with a previous id (ties: the order in which
+    clusters first appear). New clusters that overlap nothing take the
+    smallest free ids. Without one: ids in order of first appearance, so the
+    numbering is deterministic for a given key order.
+
+    Centroid distance is deliberately not used: each round has its own
+    projection (and, with ``features='delta'``, its own reference point), so
+    centroids of different rounds live in different spaces; shared members
+    are the only signal that is comparable across rounds.
+    """
+    order = list(dict.fromkeys(int(r) for r in raw))  # raw labels by first appearance
+    mapping: dict[int, int] = {}
+    if previous is not None and previous.labels:
+        overlap = np.zeros((len(order), k))
+        pos = {r: i for i, r in enumerate(order)}
+        for key, r in zip(keys, raw, strict=True):
+            cid = previous.labels.get(key)
+            if cid is not None and cid < k:
+                overlap[pos[int(r)], cid] += 1
+        # tie-breaker worth < 1 shared key in total: on equal overlap keep first-appearance order
+        idx = np.arange(max(len(order), k))
+        tie = np.abs(np.subtract.outer(idx[: len(order)], idx[:k])) / (10.0 * k * max(len(order), k))
+        rows, cols = linear_sum_assignment(-(overlap - tie))
+        for i, j in zip(rows, cols, strict=True):
+            if overlap[i, j] > 0:
+                mapping[order[i]] = int(j)
+    free = [cid for cid in range(k) if cid not in mapping.values()]
+    for r in order:
+        if r not in mapping:
+            mapping[r] = free.pop(0)
+    return mapping
