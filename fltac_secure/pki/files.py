@@ -1,0 +1,115 @@
+"""File helpers for PKI material: private keys 0600 via ``os.open``, everything else atomic.
+
+Threats answered: a private key briefly readable by other local users (the umask race of
+``open()`` + ``chmod``), and a half-written CA index, CRL or certificate left behind by a
+crash (readers would see a truncated file and fail open or closed unpredictably).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fltac_secure.errors import PKIError
+
+KEY_MODE = 0o600
+
+
+def utc_now(now: datetime | None = None) -> datetime:
+    """``now`` (must be timezone-aware) converted to UTC, or the current UTC time."""
+    if now is None:
+        return datetime.now(timezone.utc)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise PKIError(f"time {now.isoformat()} has no timezone; pass an aware datetime (e.g. tz=timezone.utc)")
+    return now.astimezone(timezone.utc)
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool = False) -> None:
+    """Write ``key`` as PKCS#8 PEM, created with mode 0600 atomically (O_EXCL, no umask window).
+
+    An existing file is refused unless ``force``, in which case it is replaced.
+    """
+    if path.exists() and not force:
+        raise PKIError(f"{path} already exists; refusing to overwrite a private key (use --force to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if force and path.exists():
+        path.unlink()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, KEY_MODE)
+    except FileExistsError as e:
+        raise PKIError(f"{path} appeared while writing; refusing to overwrite a private key") from e
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """Read a file, turning a missing/unreadable file into a PKIError that names it."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise PKIError(f"{what} {path} not found; check the path") from e
+    except OSError as e:
+        raise PKIError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def check_key_mode(path: Path) -> None:
+    """Refuse a private key that group or others may read (a leaked key is a stolen identity)."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise PKIError(f"private key {path} has mode {mode:o}; run `chmod 600 {path}`")
+
+
+def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Load an unencrypted PEM EC private key (mode must be 0600 or stricter)."""
+    data = read_bytes(path, "private key")
+    check_key_mode(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise PKIError(f"{path} is not an unencrypted PEM private key: {e}") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{path} holds a {type(key).__name__}; fltac keys are ECDSA P-256")
+    return key
+
+
+def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
+    """Load a PEM (or DER) certificate, with a PKIError naming the file on failure."""
+    data = read_bytes(path, what)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise PKIError(f"{path} is not a valid X.509 {what}: {e}") from e
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
