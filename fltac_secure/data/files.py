@@ -1,0 +1,138 @@
+"""Task data from ordinary files (CSV or JSONL) and atomic writes of such files.
+
+Files carry label *names* (self-describing); they are mapped to ids through
+the plan task's ``labels``. Reading goes through ``datasets`` offline; every
+problem is a DataError naming the file, the column or value, and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fltac_secure.data.dataset import TaskDataset
+from fltac_secure.errors import DataError
+from fltac_secure.plan.schema import Task
+
+CSV_SUFFIXES = {".csv"}
+JSON_SUFFIXES = {".jsonl", ".json"}
+
+
+def _read_columns(path: Path) -> dict[str, list[Any]]:
+    """All columns of a CSV/JSONL file as lists, read with ``datasets`` (offline, no progress bars)."""
+    import datasets  # noqa: PLC0415 - heavy import, only when files are read
+
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        # Every cell stays a string: no "NA" -> NaN, no "1" -> int.
+        kwargs: dict[str, Any] = {"keep_default_na": False, "na_filter": False}
+        builder = "csv"
+    elif suffix in JSON_SUFFIXES:
+        kwargs, builder = {}, "json"
+    else:
+        raise DataError(f"data file {path} has suffix {path.suffix!r}; use .csv, .jsonl or .json")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; check the path in the site file")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty; it needs a header (CSV) and at least one example")
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        if builder == "csv":
+            with path.open(encoding="utf-8", newline="") as f:
+                header = next(csv.reader(f), [])
+            kwargs["converters"] = {name: str for name in header}
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any parser failure becomes one clear line
+        cause = e.__cause__ or e
+        raise DataError(f"cannot read data file {path} as {builder.upper()}: {cause}".splitlines()[0]) from None
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+    return {name: list(ds[name]) for name in ds.column_names}
+
+
+def _label_id(value: Any, index: dict[str, int]) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return index.get(str(value))
+
+
+def load_task_file(path: Path, task: Task, text_column: str = "text", label_column: str = "label") -> TaskDataset:
+    """Read one task's examples from a CSV or JSONL file (chosen by suffix).
+
+    Raises DataError for a missing or empty file, a missing column, a text that is
+    not a non-empty string, or a label that is not one of ``task.labels``.
+    """
+    path = Path(path)
+    cols = _read_columns(path)
+    for col, what in ((text_column, "text_column"), (label_column, "label_column")):
+        if col not in cols:
+            raise DataError(
+                f"data file {path} has no column {col!r} (columns: {sorted(cols)}); "
+                f"rename the column or set {what} for task {task.name!r} in the site file"
+            )
+    texts, raw_labels = cols[text_column], cols[label_column]
+    if not texts:
+        raise DataError(f"data file {path} has no examples; task {task.name!r} needs at least one")
+    for row, t in enumerate(texts, start=1):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(
+                f"data file {path}, example {row}: column {text_column!r} must be a non-empty string, "
+                f"got {t!r}; fix or remove that example"
+            )
+    index = {name: i for i, name in enumerate(task.labels)}
+    ids = [_label_id(v, index) for v in raw_labels]
+    bad = [raw_labels[i] for i, v in enumerate(ids) if v is None]
+    if bad:
+        uniq = list(dict.fromkeys(repr(b) for b in bad))
+        raise DataError(
+            f"data file {path}: {len(bad)} example(s) have a label not in task {task.name!r}'s labels "
+            f"{task.labels} (e.g. {', '.join(uniq[:5])}); fix the file or the plan's task labels"
+        )
+    return TaskDataset(task.name, list(texts), np.asarray(ids, dtype=np.int64))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) so that ``path`` is either the old file or the whole new one.
+
+    Temp file in the same folder, fsync, rename: a crash never leaves half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def task_csv_text(ds: TaskDataset, task: Task, rows: Iterable[int] | None = None) -> str:
+    """CSV text (header ``text,label``) with label *names*, so the file is self-describing."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["text", "label"])
+    for i in range(len(ds)) if rows is None else rows:
+        w.writerow([ds.texts[i], task.labels[int(ds.labels[i])]])
+    return buf.getvalue()
+
+
+def write_task_csv(path: Path, ds: TaskDataset, task: Task) -> None:
+    """Atomically write ``ds`` as a ``text,label`` CSV with label names."""
+    if len(ds) and int(ds.labels.max()) >= task.num_labels:
+        raise DataError(f"task {task.name!r}: label id {int(ds.labels.max())} has no name in {task.labels}")
+    atomic_write_text(path, task_csv_text(ds, task))
