@@ -1,9 +1,89 @@
-"""Placeholder: commands of this group are registered here."""
+"""`fltac audit`: parameters and bytes that crossed the wire, from a workspace's ledger."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from fltac_secure.cli.common import console, print_json
+from fltac_secure.errors import ConfigError
+from fltac_secure.federation.audit import GROUPINGS, compare, group_totals, total
+from fltac_secure.federation.ledger import LEDGER_NAME, read_ledger
+from fltac_secure.federation.sizes import model_sizes
+from fltac_secure.plan import load_plan
+
+
+def _parse_compare(spec: str) -> int:
+    m = re.fullmatch(r"fedit:(\d+)", spec.strip())
+    if not m or int(m.group(1)) < 1:
+        raise ConfigError(f"--compare must look like fedit:RANK with RANK >= 1 (e.g. fedit:8), got {spec!r}")
+    return int(m.group(1))
+
+
+def _fmt(n: float | None) -> str:
+    return "-" if n is None else f"{n:,.0f}" if float(n).is_integer() else f"{n:.4f}"
+
+
+def audit(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="A site's or the aggregator's workspace (holds ledger.jsonl and plan.yaml)."),
+    by: str = typer.Option("round", "--by", help=f"Group totals by one of: {', '.join(GROUPINGS)}."),
+    compare_to: str = typer.Option("fedit:8", "--compare", help="Baseline to compare with, as fedit:RANK."),
+    plan_path: Path | None = typer.Option(None, "--plan", help="Plan file (default: WORKSPACE/plan.yaml)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print the grouped totals as CSV."),
+) -> None:
+    """Count exactly what crossed the wire (tensor elements, payload and wire bytes) by round,
+    site, direction or message kind, against what FedIT and full fine-tuning would have sent."""
+    if by not in GROUPINGS:
+        raise ConfigError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
+    if json_out and csv_out:
+        raise ConfigError("choose one of --json and --csv")
+    rank = _parse_compare(compare_to)
+    plan = load_plan(plan_path or workspace / "plan.yaml")
+    led = read_ledger(workspace / LEDGER_NAME)
+    groups = group_totals(led.entries, by, plan.roster)
+    cmp = compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
+    if json_out:
+        print_json({"by": by, "groups": {k: v.as_dict() for k, v in groups.items()},
+                    "total": total(led.entries).as_dict(), "comparison": cmp, "skipped_lines": led.skipped})
+        return
+    if csv_out:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow([by, "messages", "elements", "payload_bytes", "wire_bytes"])
+        for k, v in groups.items():
+            w.writerow([k, *v.as_dict().values()])
+        w.writerow(["total", *total(led.entries).as_dict().values()])
+        typer.echo(buf.getvalue().rstrip())
+        return
+    _print_tables(by, groups, led, cmp)
+
+
+def _print_tables(by, groups, led, cmp) -> None:  # type: ignore[no-untyped-def]
+    t = Table(title=f"Wire traffic by {by}")
+    for col in (by, "messages", "parameters", "payload bytes", "wire bytes"):
+        t.add_column(col, justify="right")
+    for k, v in groups.items():
+        t.add_row(k, *(_fmt(x) for x in v.as_dict().values()))
+    t.add_row("total", *(_fmt(x) for x in total(led.entries).as_dict().values()), style="bold")
+    console.print(t)
+    c = Table(title=f"Parameters moved for the same {cmp['participations']} (round, site) participations")
+    for col in ("method", "up", "down", "total", "vs FL-TAC"):
+        c.add_column(col, justify="right")
+    actual = cmp["fltac"]["total"]
+    for name in [k for k in cmp if isinstance(cmp[k], dict) and "up" in cmp[k]]:
+        row = cmp[name]
+        ratio = row["total"] / actual if actual else None
+        c.add_row(name, _fmt(row["up"]), _fmt(row["down"]), _fmt(row["total"]), "-" if ratio is None else f"{ratio:.2f}x")
+    console.print(c)
+    if led.skipped:
+        console.print(f"[yellow]{led.skipped} torn or malformed ledger line(s) skipped[/yellow]")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the main app."""
+    app.command("audit")(audit)

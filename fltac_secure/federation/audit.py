@@ -1,0 +1,142 @@
+"""`fltac audit`: what crossed the wire, and what other methods would have sent.
+
+Totals are grouped by round, site, direction or message kind. The comparison
+counts, for the same (round, collaborator) participations seen in the ledger,
+what FedIT (one shared LoRA adapter + one head per site, at a given rank) and
+full fine-tuning of the same base model would have moved, up and down.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from fltac_secure.federation.ledger import LedgerEntry
+
+GROUPINGS = ("round", "site", "kind", "direction")
+CONTROL_KINDS = frozenset({"HELLO", "WELCOME", "REJECT", "ACK", "PING", "PONG", "BYE"})
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    elements: int = 0
+    payload_bytes: int = 0
+    wire_bytes: int = 0
+
+    def add(self, e: LedgerEntry) -> None:
+        self.messages += 1
+        self.elements += e.elements
+        self.payload_bytes += e.payload_bytes
+        self.wire_bytes += e.wire_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "messages": self.messages,
+            "elements": self.elements,
+            "payload_bytes": self.payload_bytes,
+            "wire_bytes": self.wire_bytes,
+        }
+
+
+def collaborator_of(entry: LedgerEntry, roster: Sequence[str]) -> str:
+    """The collaborator a message belongs to, whichever side wrote the ledger."""
+    return entry.peer if entry.peer in roster else entry.site
+
+
+def group_totals(entries: Iterable[LedgerEntry], by: str, roster: Sequence[str]) -> dict[str, Totals]:
+    """Totals per value of ``by`` (round, site, kind, direction), plus nothing else."""
+    if by not in GROUPINGS:
+        raise ValueError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
+    out: dict[str, Totals] = defaultdict(Totals)
+    for e in entries:
+        key = {
+            "round": str(e.round),
+            "site": collaborator_of(e, roster),
+            "kind": e.kind,
+            "direction": e.direction,
+        }[by]
+        out[key].add(e)
+    return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
+def total(entries: Iterable[LedgerEntry]) -> Totals:
+    t = Totals()
+    for e in entries:
+        t.add(e)
+    return t
+
+
+def participations(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> set[tuple[int, str]]:
+    """(round, collaborator) pairs that exchanged any non-control message."""
+    return {(e.round, collaborator_of(e, roster)) for e in entries if e.kind not in CONTROL_KINDS}
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameters per message for each method (tensor elements)."""
+
+    fltac_adapter: int  # one FL-TAC task adapter (LoRA + masked head)
+    fedit_adapter: int  # one FedIT adapter at the comparison rank (LoRA + head over all labels)
+    full_model: int  # full fine-tuning: every base parameter + head over all labels
+    fedit_rank: int
+
+
+@dataclass
+class Comparison:
+    participations: int
+    actual_up: int
+    actual_down: int
+    fedit_up: int
+    fedit_down: int
+    full_up: int
+    full_down: int
+    sizes: ModelSizes
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        actual = self.actual_up + self.actual_down
+        fedit = self.fedit_up + self.fedit_down
+        full = self.full_up + self.full_down
+        return {
+            "participations": self.participations,
+            "fltac": {"up": self.actual_up, "down": self.actual_down, "total": actual},
+            f"fedit_r{self.sizes.fedit_rank}": {"up": self.fedit_up, "down": self.fedit_down, "total": fedit},
+            "full_finetuning": {"up": self.full_up, "down": self.full_down, "total": full},
+            "ratio_fltac_to_fedit": actual / fedit if fedit else None,
+            "ratio_fltac_to_full": actual / full if full else None,
+            "sizes": {
+                "fltac_adapter": self.sizes.fltac_adapter,
+                "fedit_adapter": self.sizes.fedit_adapter,
+                "full_model": self.sizes.full_model,
+            },
+        }
+
+
+def compare(entries: Sequence[LedgerEntry], roster: Sequence[str], sizes: ModelSizes) -> Comparison:
+    """Actual parameters up/down against FedIT and full fine-tuning for the same participations.
+
+    "up" is collaborator -> aggregator. Each participation of FedIT or full
+    fine-tuning moves one model down and one model up.
+    """
+    agg_side = all(e.peer in roster for e in entries) and bool(entries)
+    up = down = 0
+    for e in entries:
+        outgoing = e.direction == "sent"
+        is_up = (not outgoing) if agg_side else outgoing
+        if is_up:
+            up += e.elements
+        else:
+            down += e.elements
+    n = len(participations(entries, roster))
+    return Comparison(
+        participations=n,
+        actual_up=up,
+        actual_down=down,
+        fedit_up=n * sizes.fedit_adapter,
+        fedit_down=n * sizes.fedit_adapter,
+        full_up=n * sizes.full_model,
+        full_down=n * sizes.full_model,
+        sizes=sizes,
+    )
