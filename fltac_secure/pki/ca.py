@@ -209,8 +209,8 @@ def _verified_request(csr_path: Path, fingerprint: str | None) -> CSRRequest:
     """Parse the CSR, check its signature, the out-of-band fingerprint and the CSR policy."""
     data = read_bytes(csr_path, "CSR")
     actual = csr_fingerprint(data)
-    req = check_csr(data, str(csr_path))
     if fingerprint is None:
+        check_csr(data, str(csr_path))  # a request the CA would refuse anyway is reported first
         raise PKIError(
             f"refusing to sign {csr_path} without --fingerprint; its fingerprint is {actual} - "
             "compare it with the one the site read out, then pass it with --fingerprint"
@@ -220,6 +220,7 @@ def _verified_request(csr_path: Path, fingerprint: str | None) -> CSRRequest:
             f"fingerprint mismatch for {csr_path}: the CSR's is {actual}, you gave {normalize_fingerprint(fingerprint)}; "
             "the request may have been swapped in transit - do not sign it"
         )
+    req = check_csr(data, str(csr_path))
     return req
 
 

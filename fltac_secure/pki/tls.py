@@ -32,7 +32,8 @@ def _base_context(protocol: int, cert: Path, key: Path, ca: Path, crl: Path | No
     check_key_mode(Path(key))
     got = role_of(load_certificate(Path(cert)))
     if got != role:
-        raise PKIError(f"{cert} is a {got or 'non-fltac'} certificate; the {role} needs a {role} certificate")
+        article = "an" if role == "aggregator" else "a"
+        raise PKIError(f"{cert} is a {got or 'non-fltac'} certificate, but this context needs {article} {role} certificate")
     ctx = ssl.SSLContext(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
