@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,10 @@ def verify_certificate(
     builder = verification.PolicyBuilder().store(verification.Store([ca])).time(utc_now(now))
     try:
         if role == "aggregator":
-            name = server_name or _sans(cert)[0]
+            sans = _sans(cert)
+            if server_name is None and not sans:
+                raise PKIError(f"{cert_path} is an aggregator certificate without SANs; it cannot serve TLS")
+            name = server_name or sans[0]
             builder.build_server_verifier(_subject(name)).verify(cert, [])
         elif role == "collaborator":
             # webpki requires a SAN on every leaf; collaborator certificates are named by CN only.
@@ -104,8 +108,6 @@ def verify_certificate(
 
 
 def _subject(name: str) -> verification.Subject:
-    import ipaddress  # noqa: PLC0415 - local: only needed for server names
-
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:

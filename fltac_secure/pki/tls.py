@@ -80,7 +80,10 @@ def context_for_site(site: "Site") -> ssl.SSLContext:
 
 
 def _peer_certificate(ssl_obj: ssl.SSLObject | ssl.SSLSocket) -> x509.Certificate:
-    der = ssl_obj.getpeercert(binary_form=True)
+    try:
+        der = ssl_obj.getpeercert(binary_form=True)
+    except ValueError as e:  # raised before the handshake has completed
+        raise PKIError(f"no verified peer certificate yet: {e}") from e
     if not der:
         raise PKIError("the peer presented no certificate (or the handshake is not complete)")
     return x509.load_der_x509_certificate(der)

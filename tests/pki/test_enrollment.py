@@ -9,12 +9,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fltac_secure.errors import PKIError
+from fltac_secure.pki import IssuedCert
 from fltac_secure.pki import (
     csr_fingerprint,
     describe_certificate,
@@ -225,3 +227,24 @@ def test_days_beyond_ca_refused(tmp_path: Path) -> None:
         sign_request(csr, tmp_path / "ca", fp, days=11)
     with pytest.raises(PKIError, match="validity"):
         sign_request(csr, tmp_path / "ca", fp, days=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.binary(min_size=32, max_size=32), seps=st.lists(st.sampled_from(["", ":", " "]), min_size=32, max_size=32),
+       upper=st.lists(st.booleans(), min_size=64, max_size=64))
+def test_normalize_fingerprint_round_trip(raw: bytes, seps: list[str], upper: list[bool]) -> None:
+    hexed = raw.hex()
+    chars = [c.upper() if u else c for c, u in zip(hexed, upper, strict=True)]
+    written = "".join(chars[2 * i] + chars[2 * i + 1] + seps[i] for i in range(32))
+    assert normalize_fingerprint(written) == hexed
+
+
+def test_index_round_trip_and_corruption(fed: FederationPKI, tmp_path: Path) -> None:
+    issued = list_issued(fed.ca_dir)
+    assert [c.name for c in issued][:4] == ["agg", "c1", "c2", "c3"]
+    assert [IssuedCert.from_json(c.to_json()) for c in issued] == issued
+    assert describe_certificate(fed.ca_cert)["role"] == "ca"
+    init_ca(tmp_path / "ca")
+    (tmp_path / "ca" / "index.json").write_text('{"version": 1, "issued": [}')
+    with pytest.raises(PKIError, match="corrupt"):
+        list_issued(tmp_path / "ca")

@@ -144,3 +144,9 @@ def test_context_for_site(fed: FederationPKI) -> None:
     assert peer_common_name(s) == "c1"
     with pytest.raises(ConfigError, match="needs certs.crl"):
         context_for_site(_site(fed, "agg", "aggregator", crl=False))
+
+
+def test_peer_name_before_handshake_is_an_error(fed: FederationPKI) -> None:
+    obj = server(fed).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    with pytest.raises(PKIError, match="no verified peer certificate"):
+        peer_common_name(obj)
