@@ -54,6 +54,8 @@ def _read_columns(path: Path) -> dict[str, list[Any]]:
         raise
     except Exception as e:  # noqa: BLE001 - any parser failure becomes one clear line
         cause = e.__cause__ or e
+        if "corresponds to no data" in str(e):  # datasets' words for a header without rows
+            raise DataError(f"data file {path} has no examples; it needs at least one row") from None
         raise DataError(f"cannot read data file {path} as {builder.upper()}: {cause}".splitlines()[0]) from None
     finally:
         if not was_disabled:
