@@ -46,10 +46,16 @@ def _read_columns(path: Path) -> dict[str, list[Any]]:
     datasets.disable_progress_bars()
     try:
         if builder == "csv":
-            with path.open(encoding="utf-8", newline="") as f:
+            with path.open(encoding="utf-8-sig", newline="") as f:
                 header = next(csv.reader(f), [])
             kwargs["converters"] = {name: str for name in header}
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        # A private throw-away cache: no stale entries, no growth of ~/.cache, no lock
+        # contention between site processes; the table is kept in memory.
+        with tempfile.TemporaryDirectory(prefix="fltac-ds-") as cache:
+            ds = datasets.load_dataset(
+                builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **kwargs
+            )
+            return {name: list(ds[name]) for name in ds.column_names}
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any parser failure becomes one clear line
@@ -60,7 +66,6 @@ def _read_columns(path: Path) -> dict[str, list[Any]]:
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
-    return {name: list(ds[name]) for name in ds.column_names}
 
 
 def _label_id(value: Any, index: dict[str, int]) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from fltac_secure.data.dataset import TaskDataset
 from fltac_secure.data.federated import FederatedData, build_federated_data
 from fltac_secure.data.files import atomic_write_text, load_task_file, task_csv_text
 from fltac_secure.errors import DataError
@@ -132,25 +133,34 @@ def prepare_demo(
     return write_federated_dir(plan, fed, Path(out), seed, aggregator_endpoint)
 
 
+def load_site_data(site: Site, plan: Plan) -> tuple[dict[str, TaskDataset], dict[str, TaskDataset]]:
+    """A collaborator's (train, local test) data sets per task, from its (resolved) site file."""
+    train: dict[str, TaskDataset] = {}
+    test: dict[str, TaskDataset] = {}
+    for t, entry in site.data.items():
+        task = plan.task(t)
+        train[t] = load_task_file(entry.train, task, entry.text_column, entry.label_column)
+        if entry.test is not None:
+            test[t] = load_task_file(entry.test, task, entry.text_column, entry.label_column)
+    return train, test
+
+
 def load_federated_dir(plan: Plan, data_dir: Path) -> FederatedData:
     """Read back a folder written by ``prepare_demo``, through each roster site's site file."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist; create it with `fltac data prepare-demo`")
-    train: dict[str, dict[str, Any]] = {}
-    site_test: dict[str, dict[str, Any]] = {}
+    train: dict[str, dict[str, TaskDataset]] = {}
+    site_test: dict[str, dict[str, TaskDataset]] = {}
     for s in plan.roster:
         path = data_dir / s / SITE_FILE
         if not path.is_file():
             raise DataError(f"site file {path} is missing; re-run `fltac data prepare-demo` with this plan")
-        site = load_site(path, plan)
-        for t, entry in site.data.items():
-            task = plan.task(t)
-            train.setdefault(s, {})[t] = load_task_file(entry.train, task, entry.text_column, entry.label_column)
-            if entry.test is not None:
-                site_test.setdefault(s, {})[t] = load_task_file(
-                    entry.test, task, entry.text_column, entry.label_column
-                )
+        tr, te = load_site_data(load_site(path, plan), plan)
+        if tr:
+            train[s] = tr
+        if te:
+            site_test[s] = te
     test = {}
     for task in plan.tasks:
         path = data_dir / TEST_DIR / f"{task.name}.csv"
