@@ -23,6 +23,7 @@ import copy
 import functools
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,7 @@ def _pretrained(path: str) -> PreTrainedModel:
 
     old = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused pooler weights are expected
+    hf_logging.disable_progress_bar()
     try:
         try:
             return AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
@@ -118,6 +120,7 @@ def _pretrained(path: str) -> PreTrainedModel:
             return AutoModel.from_pretrained(path, local_files_only=True)
     finally:
         hf_logging.set_verbosity(old)
+        hf_logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)
@@ -224,7 +227,8 @@ class SlotModel(nn.Module):
         self.hidden_size = int(model.config.hidden_size)
         self.lora = lora_config(plan, model)
         self._internal = {s: f"fltac_slot_{i:04d}" for i, s in enumerate(slots)}
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             torch.manual_seed(derive_seed("slot-init", plan.training.seed))
             self.peft = get_peft_model(model, self.lora, adapter_name=self._internal[slots[0]])
             for s in slots[1:]:

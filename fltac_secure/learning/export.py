@@ -1,0 +1,123 @@
+"""Save a slot as a standard peft adapter (plus its head) and load it back.
+
+A folder written by ``export_peft`` holds:
+
+- ``adapter_config.json`` + ``adapter_model.safetensors``: the LoRA adapter in
+  peft's own format, so ``PeftModel.from_pretrained(base, folder)`` loads it
+  into any copy of the base model, with or without fltac_secure;
+- ``head.safetensors``: the classification head (``weight``, ``bias``) applied
+  to the mean-pooled encoder output;
+- ``fltac.json``: what the numbers mean (task, labels, used head positions,
+  base reference, LoRA settings, the adapter layout).
+
+Only safetensors and JSON: loading an exported adapter can never run code.
+Every file is written atomically (temp file, fsync, rename) and
+``fltac.json`` last, so a folder with ``fltac.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from safetensors.numpy import load_file as load_np
+from safetensors.torch import save as save_torch_bytes
+
+from fltac_secure.errors import ConfigError, StateError
+from fltac_secure.learning.adapters import HEAD_NAMES, model_layout, set_slot_vector, tensors_to_vector
+from fltac_secure.learning.model import SlotModel
+
+if TYPE_CHECKING:
+    from fltac_secure.plan import Plan, Task
+
+FORMAT = "fltac-adapter/1"
+PEFT_PREFIX = "base_model.model."
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _adapter_config(model: SlotModel) -> dict[str, Any]:
+    """peft's adapter_config.json content for this model's LoRA settings."""
+    cfg = model.lora.to_dict()
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg["peft_type"] = str(getattr(cfg["peft_type"], "value", cfg["peft_type"]))
+    cfg["inference_mode"] = True
+    cfg["base_model_name_or_path"] = model.base_ref
+    return cfg
+
+
+def export_peft(model: SlotModel, slot: str, out_dir: Path, *, task: Task | None = None) -> Path:
+    """Write ``slot``'s adapter (peft format), head and metadata into ``out_dir``; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = model.slot_parameters(slot)
+    layout = model_layout(model, slot)
+    lora = {PEFT_PREFIX + n: params[n].detach().contiguous().clone() for n in layout.names if n not in HEAD_NAMES}
+    head = {"weight": params["head.weight"].detach().clone(), "bias": params["head.bias"].detach().clone()}
+    meta = {
+        "format": FORMAT, "slot": slot, "task": task.name if task else None,
+        "labels": list(task.labels) if task else None, "label_range": list(model.label_range(slot)),
+        "head_width": model.head_width, "hidden_size": model.hidden_size, "base": model.base_ref,
+        "base_seed": model.base_seed, "rank": int(model.lora.r), "alpha": float(model.lora.lora_alpha),
+        "target_modules": sorted(model.lora.target_modules), "pooling": "mean",
+        "layout": [[n, list(s)] for n, s in layout.entries], "adapter_size": layout.size,
+    }
+    _atomic_write(out_dir / "adapter_config.json", json.dumps(_adapter_config(model), indent=2).encode())
+    _atomic_write(out_dir / "adapter_model.safetensors", save_torch_bytes(lora, metadata={"format": "pt"}))
+    _atomic_write(out_dir / "head.safetensors", save_torch_bytes(head, metadata={"format": "pt"}))
+    _atomic_write(out_dir / "fltac.json", json.dumps(meta, indent=2).encode())
+    return out_dir
+
+
+def read_metadata(out_dir: Path) -> dict[str, Any]:
+    """``fltac.json`` of an exported folder, checked for format and presence of the weight files."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "fltac.json"
+    if not meta_path.is_file():
+        raise StateError(f"{out_dir} has no fltac.json: not an exported fltac adapter (or an interrupted export)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise StateError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    for name in ("adapter_model.safetensors", "head.safetensors", "adapter_config.json"):
+        if not (out_dir / name).is_file():
+            raise StateError(f"{out_dir} lacks {name}; re-export the adapter")
+    return meta
+
+
+def load_exported(out_dir: Path, plan: Plan) -> SlotModel:
+    """A one-slot SlotModel with the exported adapter and head loaded; refuses another plan's export."""
+    out_dir = Path(out_dir)
+    meta = read_metadata(out_dir)
+    lora = plan.model.lora
+    if meta["base"] != plan.model.base or meta["rank"] != lora.rank or float(meta["alpha"]) != float(lora.alpha):
+        raise ConfigError(f"{out_dir} was exported for base {meta['base']!r}, rank {meta['rank']}, alpha "
+                          f"{meta['alpha']}, but the plan has {plan.model.base!r}, {lora.rank}, {lora.alpha}; "
+                          "load it with the plan it was trained under")
+    slot = str(meta["slot"])
+    model = SlotModel(plan, [slot], head_width=int(meta["head_width"]), base_seed=int(meta["base_seed"]),
+                      label_ranges={slot: tuple(meta["label_range"])})
+    tensors: dict[str, np.ndarray] = {}
+    for key, arr in load_np(str(out_dir / "adapter_model.safetensors")).items():
+        if not key.startswith(PEFT_PREFIX):
+            raise StateError(f"{out_dir}/adapter_model.safetensors: unexpected tensor {key!r}")
+        tensors[key[len(PEFT_PREFIX):]] = arr
+    for key, arr in load_np(str(out_dir / "head.safetensors")).items():
+        tensors[f"head.{key}"] = arr
+    set_slot_vector(model, slot, tensors_to_vector(model_layout(model, slot), tensors))
+    return model
