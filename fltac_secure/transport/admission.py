@@ -1,0 +1,54 @@
+"""Who may open a session: the checks the server runs after a TLS handshake.
+
+OpenSSL has already verified the chain, the CRL and the key usage; this is
+authorisation, in a fixed order, default deny:
+
+1. the certificate's CN is in the plan's roster (enrolled is not authorised);
+2. the CN equals the name the client claims in its HELLO (a site cannot act
+   under another site's name);
+3. the client runs the same federation and plan (same plan hash).
+
+Each refusal carries a reason code for programs and a sentence for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from fltac_secure.transport.envelope import HELLO, Message
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a session is refused: ``reason`` (machine code) and ``detail`` (sentence)."""
+
+    reason: str
+    detail: str
+
+
+def admit(
+    cn: str, hello: Message, *, roster: Collection[str], federation: str, plan_hash: str
+) -> Refusal | None:
+    """None if the peer may proceed, else the first ``Refusal`` in the fixed order."""
+    if hello.kind != HELLO:
+        return Refusal("protocol", f"expected HELLO after the handshake, got {hello.kind}")
+    if cn not in roster:
+        return Refusal("not_in_roster", f"certificate for {cn!r} is not in this plan's roster")
+    claimed = hello.meta.get("name", hello.sender)
+    if claimed != cn or hello.sender != cn:
+        return Refusal(
+            "name_mismatch",
+            f"certificate is for {cn!r} but the client claims to be {claimed!r}; use the site's own certificate",
+        )
+    if hello.federation != federation:
+        return Refusal(
+            "wrong_federation", f"client is in federation {hello.federation!r}, this aggregator runs {federation!r}"
+        )
+    if hello.plan_hash != plan_hash:
+        return Refusal(
+            "plan_mismatch",
+            f"client runs plan {hello.plan_hash[:12]!r}, this aggregator runs plan {plan_hash[:12]!r}; "
+            "use the same plan.yaml at every site",
+        )
+    return None

@@ -1,0 +1,416 @@
+"""The collaborator side: a DEALER to one endpoint, with a session layer.
+
+ZeroMQ reconnects silently under a TLS stream, which then turns to garbage, so
+the client never trusts a connection it did not just handshake: on any TLS
+error, stall or server restart it opens a fresh DEALER, handshakes again,
+waits for WELCOME and resends every message not yet acknowledged (the server
+drops duplicates by message id), with bounded exponential backoff.  A refusal
+by the server (TLS alert during the handshake, or REJECT) is final and raised
+as ``TransportError`` with the server's reason; retrying would not fix it.
+
+Threading: see ``loop.py``; all public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import zmq
+
+from fltac_secure.errors import ConfigError, FltacError, ProtocolError, TransportError
+from fltac_secure.pki import peer_common_name
+from fltac_secure.transport import envelope as env
+from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
+from fltac_secure.transport.codec import decode
+from fltac_secure.transport.envelope import Message
+from fltac_secure.transport.events import LedgerHook
+from fltac_secure.transport.loop import IOLoop
+from fltac_secure.transport.session import Link, SeenIds
+from fltac_secure.transport.sockets import configure_socket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiter:
+    """An API thread waiting for the I/O thread (an ACK, or a reply)."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    error: FltacError | None = None
+    reply: Message | None = None
+
+    def finish(self, error: FltacError | None = None, reply: Message | None = None) -> None:
+        self.error, self.reply = error, reply
+        self.event.set()
+
+    def wait(self, timeout: float | None, what: str) -> Message | None:
+        if not self.event.wait(timeout):
+            raise TransportError(f"no {what} within {timeout} s", "timeout")
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+def tls_refusal(exc: ssl.SSLError) -> TransportError:
+    """Turn an alert from the server into a clear, final error."""
+    alert = (exc.reason or "tls_error").lower()
+    for prefix in ("tlsv13_alert_", "tlsv1_alert_", "sslv3_alert_"):
+        alert = alert.removeprefix(prefix)
+    return TransportError(
+        f"the aggregator refused the TLS session ({alert.replace('_', ' ')}): check that this site's "
+        "certificate is signed by the federation CA, is a collaborator certificate, and is neither expired "
+        f"nor revoked [{exc}]",
+        f"tls_{alert}",
+    )
+
+
+class TransportClient(IOLoop):
+    """Mutual-TLS message client for one federation and plan."""
+
+    thread_name = "fltac-client-io"
+
+    def __init__(
+        self,
+        endpoint: str,
+        ssl_context: ssl.SSLContext,
+        name: str,
+        federation: str,
+        plan_hash: str,
+        *,
+        server_hostname: str = "localhost",
+        max_message_bytes: int = 512 << 20,
+        handshake_timeout: float = 10.0,
+        stall_timeout: float = 30.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+        max_attempts: int = 8,
+        chunk_bytes: int = CHUNK_BYTES,
+        ledger_hook: LedgerHook | None = None,
+    ) -> None:
+        if max_attempts < 1 or backoff_base <= 0 or backoff_max < backoff_base:
+            raise ConfigError("need max_attempts >= 1 and 0 < backoff_base <= backoff_max")
+        if handshake_timeout <= 0 or stall_timeout <= 0:
+            raise ConfigError("handshake_timeout and stall_timeout must be > 0 seconds")
+        super().__init__()
+        self.endpoint, self.name, self.server_hostname = endpoint, name, server_hostname
+        self.federation, self.plan_hash = federation, plan_hash
+        self.max_message_bytes = max_message_bytes
+        self.handshake_timeout, self.stall_timeout = handshake_timeout, stall_timeout
+        self._backoff = (backoff_base, backoff_max, max_attempts)
+        self._ctx, self._chunk, self._hook = ssl_context, chunk_bytes, ledger_hook
+        self._sock: zmq.Socket | None = None
+        self._link: Link | None = None
+        self._state = "backoff"  # backoff -> handshake -> hello -> ready; or fatal
+        self._attempts = 0
+        self._next_attempt = 0.0
+        self._keepalive = stall_timeout / 3
+        self._outbox: OrderedDict[int | str, Message] = OrderedDict()
+        self._acks: dict[int | str, _Waiter] = {}
+        self._replies: dict[int | str, _Waiter] = {}
+        self._seen = SeenIds()
+        self._inbox: queue.Queue[Message | None] = queue.Queue()
+        self._welcomed = _Waiter()
+        self._fatal: TransportError | None = None
+        self.server_limits: dict = {}
+
+    # -- public API ----------------------------------------------------------
+    def connect(self, timeout: float | None = None) -> TransportClient:
+        """Handshake and wait for WELCOME; raises ``TransportError`` with the server's reason."""
+        self._start_thread()
+        limit = timeout if timeout is not None else self.handshake_timeout * (self._backoff[2] + 1)
+        self._welcomed.wait(limit, "WELCOME from the aggregator")
+        return self
+
+    def message(self, kind: str, *, round: int = 0, meta: dict | None = None, tensors: dict | None = None) -> Message:
+        """A message from this site (federation, plan hash and sender filled in)."""
+        return Message(kind, self.federation, self.plan_hash, self.name, round, "", meta or {}, tensors or {})
+
+    def send(self, msg: Message, timeout: float | None = None) -> int | str:
+        """Send ``msg`` and wait for the server's ACK; returns its msg_id.
+
+        Raises ``ProtocolError`` if the server refused the message (NACK),
+        ``TransportError`` if the session failed for good or on ``timeout``.
+        """
+        msg, waiter = self._queue(msg, None)
+        waiter.wait(timeout, f"acknowledgement of {msg.kind} {msg.msg_id}")
+        return msg.msg_id
+
+    def request(self, msg: Message, timeout: float | None = None) -> Message:
+        """Send ``msg`` and return the reply (the message whose meta ``in_reply_to`` is its id)."""
+        reply = _Waiter()
+        msg, ack = self._queue(msg, reply)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ack.wait(timeout, f"acknowledgement of {msg.kind} {msg.msg_id}")
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        result = reply.wait(left, f"reply to {msg.kind} {msg.msg_id}")
+        assert result is not None
+        return result
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """Next data message from the server, or None after ``timeout`` seconds."""
+        self._check_alive()
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is None:
+            self._raise_fatal()
+        return item
+
+    @property
+    def connected(self) -> bool:
+        return self._state == "ready"
+
+    def _queue(self, msg: Message, reply: _Waiter | None) -> tuple[Message, _Waiter]:
+        self._raise_fatal()
+        if (msg.federation, msg.plan_hash, msg.sender) != (self.federation, self.plan_hash, self.name):
+            raise ProtocolError("message is for another federation, plan or sender; build it with client.message()")
+        env.validate_message(msg)  # refuse locally what the server would refuse
+        if msg.msg_id == "":
+            msg = Message(msg.kind, msg.federation, msg.plan_hash, msg.sender, msg.round, self.ids.next(),
+                          msg.meta, msg.tensors)  # fmt: skip
+        waiter = _Waiter()
+        self._submit("send", msg, waiter, reply)
+        return msg, waiter
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        self._check_alive()
+
+    # -- I/O thread: connection lifecycle -----------------------------------
+    def _command(self, cmd: tuple) -> None:
+        if cmd[0] == "bye":
+            if self._link is not None and self._sock is not None:
+                self._link.queue(self._control(env.BYE, {"reason": "closing", "detail": "client closed"}))
+                self._link.flush(self._sock)
+            cmd[1].set()
+            return
+        _, msg, waiter, reply = cmd
+        if self._fatal is not None:
+            waiter.finish(self._fatal)
+            return
+        self._outbox[msg.msg_id] = msg
+        self._acks[msg.msg_id] = waiter
+        if reply is not None:
+            self._replies[msg.msg_id] = reply
+        if self._state == "ready" and self._link is not None:
+            self._link.queue(msg)
+
+    def _open(self) -> None:
+        self._close_socket()
+        self._attempts += 1
+        self._sock = self._zctx.socket(zmq.DEALER)
+        configure_socket(self._sock, self._chunk)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.connect(self.endpoint)
+        channel = TlsChannel(self._ctx, server_side=False, server_hostname=self.server_hostname,
+                             max_message_bytes=PREAUTH_MAX_BYTES)  # fmt: skip
+        self._link = Link(channel, route=[], peer=self.endpoint, ledger_hook=self._hook, chunk_bytes=self._chunk)
+        channel.handshake()
+        self._link.queue_raw(channel.outgoing())
+        self._state = "handshake"
+
+    def _retry(self, why: str) -> None:
+        """Drop the session and schedule a fresh one, or give up after max_attempts."""
+        base, cap, attempts = self._backoff
+        self._close_socket()
+        if self._attempts >= attempts:
+            self._fail(TransportError(
+                f"cannot reach the aggregator at {self.endpoint} after {attempts} attempts ({why})", "unreachable"))
+            return
+        log.info("reconnecting to %s: %s", self.endpoint, why)
+        delay = min(cap, base * 2 ** (self._attempts - 1)) * (1 + 0.25 * random.random())
+        self._state, self._next_attempt = "backoff", time.monotonic() + delay
+
+    def _fail(self, error: TransportError) -> None:
+        """A final failure: every waiter gets the error, the loop stops."""
+        self._fatal, self._state = error, "fatal"
+        self._close_socket()
+        for waiter in [*self._acks.values(), *self._replies.values(), self._welcomed]:
+            waiter.finish(error)
+        self._acks.clear()
+        self._replies.clear()
+        self._inbox.put(None)
+        self._stopping = True
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+        self._sock, self._link = None, None
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self._state == "backoff" and now >= self._next_attempt:
+            self._open()
+        poller = zmq.Poller()
+        poller.register(self._waker.fileno, zmq.POLLIN)
+        if self._sock is not None:
+            poller.register(self._sock, zmq.POLLIN)
+        busy = self._link is not None and self._link.busy
+        wait = 2 if busy else (max(1, int((self._next_attempt - now) * 1000)) if self._state == "backoff" else 50)
+        events = dict(poller.poll(min(wait, 50)))
+        self._drain_commands()
+        if self._sock is not None and self._sock in events:
+            self._receive()
+        if self._sock is not None and self._link is not None:
+            self._link.flush(self._sock)
+        if self._link is not None:
+            self._timers(time.monotonic(), self._link)
+
+    def _timers(self, now: float, link: Link) -> None:
+        if self._state in ("handshake", "hello"):
+            if now - link.created > self.handshake_timeout:
+                self._retry(f"no WELCOME within {self.handshake_timeout:g} s")
+        elif self._state == "ready":
+            if now - link.last_rx > self.stall_timeout:
+                self._retry(f"no traffic from the aggregator for {self.stall_timeout:g} s")
+            elif not link.busy and now - max(link.last_tx, link.last_rx) > self._keepalive:
+                link.queue(self._control(env.PING, {}))
+
+    # -- I/O thread: frames and messages ------------------------------------
+    def _receive(self) -> None:
+        for _ in range(256):
+            if self._sock is None or self._link is None:
+                return
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(parts) != 1:
+                self._retry("unexpected multi-part frame")
+                return
+            self._on_frame(self._link, parts[0].buffer)
+
+    def _on_frame(self, link: Link, data: memoryview) -> None:
+        link.last_rx = time.monotonic()
+        established = self._state == "ready"
+        try:
+            link.channel.feed(data)
+            if not link.channel.handshake_done:
+                if not link.channel.handshake():
+                    link.queue_raw(link.channel.outgoing())
+                    return
+                link.queue_raw(link.channel.outgoing())
+                link.peer = peer_common_name(link.channel.obj)
+                link.queue(self._control(env.HELLO, {"name": self.name}))
+                self._state = "hello"
+            for raw in link.channel.messages():
+                self._on_message(link, raw)
+                if self._link is not link:
+                    return
+        except ssl.SSLError as exc:
+            if established:
+                self._retry(f"TLS stream broke ({exc.reason or exc})")
+            else:
+                self._fail(tls_refusal(exc))
+        except PeerClosed:
+            self._retry("the aggregator closed the session")
+        except ProtocolError as exc:
+            self._retry(f"undecodable stream from the aggregator ({exc})")
+
+    def _on_message(self, link: Link, raw: bytearray) -> None:
+        limit = self.max_message_bytes if self._state == "ready" else PREAUTH_MAX_BYTES
+        try:
+            msg = decode(raw, expect_federation=self.federation, expect_plan_hash=self.plan_hash, max_bytes=limit)
+        except ProtocolError as exc:
+            if self._state != "ready":
+                self._fail(TransportError(f"the aggregator answered with an invalid message: {exc}", exc.reason))
+            else:
+                self._retry(f"invalid message from the aggregator ({exc})")
+            return
+        link.report_message("received", msg, len(raw))
+        if msg.kind == env.REJECT:
+            reason, detail = str(msg.meta.get("reason", "rejected")), str(msg.meta.get("detail", ""))
+            self._fail(TransportError(f"the aggregator refused this site: {detail}", reason))
+        elif self._state == "hello":
+            self._on_welcome(link, msg)
+        elif msg.kind == env.BYE:
+            self._on_bye(msg)
+        else:
+            self._dispatch(link, msg)
+
+    def _on_welcome(self, link: Link, msg: Message) -> None:
+        if msg.kind != env.WELCOME:
+            self._fail(TransportError(f"expected WELCOME or REJECT, got {msg.kind}", "protocol"))
+            return
+        self.server_limits = dict(msg.meta)
+        idle = msg.meta.get("idle_timeout_s")
+        if isinstance(idle, int | float) and idle > 0:
+            self._keepalive = min(self.stall_timeout, float(idle)) / 3
+        link.channel.max_message_bytes = self.max_message_bytes
+        self._state, self._attempts = "ready", 0
+        for pending in self._outbox.values():
+            link.queue(pending)
+        self._welcomed.finish()
+
+    def _on_bye(self, msg: Message) -> None:
+        reason, detail = str(msg.meta.get("reason", "bye")), str(msg.meta.get("detail", ""))
+        if reason not in ("session_expired", "idle") and self._outbox:
+            # messages are acknowledged in stream order: the oldest unacknowledged one ended the session
+            msg_id, culprit = next(iter(self._outbox.items()))
+            self._settle(msg_id, TransportError(f"the aggregator refused {culprit.kind} {msg_id}: {detail}", reason))
+        self._retry(f"the aggregator ended the session ({reason}: {detail})")
+
+    def _dispatch(self, link: Link, msg: Message) -> None:
+        if msg.kind == env.ACK:
+            self._settle(msg.meta.get("ack"), None)  # type: ignore[arg-type]
+        elif msg.kind == env.NACK:
+            reason, detail = str(msg.meta.get("reason", "refused")), str(msg.meta.get("detail", ""))
+            self._settle(msg.meta.get("nack"), ProtocolError(f"the aggregator refused the message: {detail}", reason))  # type: ignore[arg-type]
+        elif msg.kind == env.PING:
+            link.queue(self._control(env.PONG, {}))
+        elif msg.kind in (env.PONG, env.HELLO, env.WELCOME):
+            return
+        else:
+            link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+            if not self._seen.add(msg.msg_id):
+                return
+            waiter = self._replies.pop(msg.meta.get("in_reply_to"), None)  # type: ignore[arg-type]
+            if waiter is not None:
+                waiter.finish(reply=msg)
+            else:
+                self._inbox.put(msg)
+
+    def _settle(self, msg_id: int | str, error: FltacError | None) -> None:
+        self._outbox.pop(msg_id, None)
+        waiter = self._acks.pop(msg_id, None)
+        if waiter is not None:
+            waiter.finish(error)
+        if error is not None:
+            reply = self._replies.pop(msg_id, None)
+            if reply is not None:
+                reply.finish(error)
+
+    def _control(self, kind: str, meta: dict) -> Message:
+        return Message(kind, self.federation, self.plan_hash, self.name, 0, self.ids.next(), meta)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Say BYE if connected (best effort), then stop; idempotent."""
+        if self._state == "ready" and not self._stopping and self._crash is None:
+            try:
+                self._submit_bye()
+            except TransportError:
+                pass
+        super().close(timeout)
+
+    def _submit_bye(self) -> None:
+        # a BYE is fire-and-forget: give the I/O thread a moment to flush it
+        done = threading.Event()
+        self._cmds.put(("bye", done))
+        self._waker.wake()
+        done.wait(0.5)
+
+    def _on_crash(self, exc: BaseException) -> None:
+        log.error("client I/O thread failed: %r", exc)
+        self._fail(TransportError(f"transport I/O thread failed: {exc!r}", "crashed"))
+
+    def _teardown(self) -> None:
+        self._close_socket()

@@ -1,0 +1,39 @@
+"""What the transport reports to the ledger: one ``WireEvent`` per message.
+
+The audit (``fltac audit``) must count exactly what crossed the wire, so every
+message sent or received -- control messages included -- is reported with its
+tensor element count, its encoded size and the bytes it cost on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["sent", "received"]
+
+
+@dataclass(frozen=True)
+class WireEvent:
+    """One message that crossed the wire, as the ledger records it.
+
+    ``payload_bytes`` is the encoded message size (envelope prefix, JSON header
+    and safetensors blob).  ``wire_bytes`` is the ciphertext moved in that
+    direction since the previous event in the same direction, plus the ZMTP
+    frame headers: TLS record overhead and the TLS handshake are included, so
+    the sum of ``wire_bytes`` over a session is the session's total traffic.
+    """
+
+    time: float
+    peer: str
+    direction: Direction
+    kind: str
+    round: int
+    msg_id: int | str
+    elements: int
+    payload_bytes: int
+    wire_bytes: int
+
+
+LedgerHook = Callable[[WireEvent], None]

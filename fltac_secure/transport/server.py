@@ -1,0 +1,408 @@
+"""The aggregator side: a ROUTER socket, one TLS session per peer identity.
+
+Threats answered, in the order bytes meet them: frames larger than one chunk
+are dropped by ZeroMQ before any code sees them (``MAXMSGSIZE``); peers that
+never finish a handshake are dropped after ``handshake_timeout``, and at most
+``max_pending`` unauthenticated sessions exist at once; OpenSSL verifies the
+chain, the CRL and the key usage; ``admission.admit`` checks roster, claimed
+name and plan hash before WELCOME; until then a message may be at most 64 KiB,
+so nothing large is buffered for an unknown peer; afterwards every message is
+strictly decoded, and refused ones are NACKed (stream intact) or end the
+session (stream untrustworthy).  Sessions expire after ``session_lifetime`` or
+at the certificate's notAfter, whichever is first, so a revoked or expired
+certificate cannot keep a session alive: the client must handshake again.
+One misbehaving peer only ever loses its own session.
+
+Threading: see ``loop.py``; all public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import zmq
+from cryptography import x509
+
+from fltac_secure.errors import ConfigError, ProtocolError, TransportError
+from fltac_secure.pki import peer_common_name
+from fltac_secure.transport import envelope as env
+from fltac_secure.transport.admission import Refusal, admit
+from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
+from fltac_secure.transport.codec import decode, decode_header
+from fltac_secure.transport.envelope import Message
+from fltac_secure.transport.events import LedgerHook
+from fltac_secure.transport.loop import IOLoop
+from fltac_secure.transport.session import Link, SeenIds
+from fltac_secure.transport.sockets import configure_socket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _PeerBook:
+    """What the server keeps per authenticated name, across that peer's sessions."""
+
+    ident: bytes | None = None
+    outbox: OrderedDict[int | str, Message] = field(default_factory=OrderedDict)
+    seen: SeenIds = field(default_factory=SeenIds)
+
+
+class TransportServer(IOLoop):
+    """Mutual-TLS message server for one federation and plan.
+
+    ``recv()`` yields ``(peer_name, Message)`` for data messages (each exactly
+    once per server run, acknowledged on receipt); ``send(peer, msg)`` queues a
+    message that is delivered -- again after a reconnect -- until acknowledged.
+    """
+
+    thread_name = "fltac-server-io"
+
+    def __init__(
+        self,
+        bind: str,
+        ssl_context: ssl.SSLContext,
+        roster: Collection[str],
+        federation: str,
+        plan_hash: str,
+        *,
+        name: str = "aggregator",
+        max_message_bytes: int = 512 << 20,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 120.0,
+        session_lifetime: float = 3600.0,
+        max_pending: int = 256,
+        chunk_bytes: int = CHUNK_BYTES,
+        ledger_hook: LedgerHook | None = None,
+    ) -> None:
+        if not roster:
+            raise ConfigError("the roster is empty; a server with no authorised peers cannot serve anyone")
+        if max_message_bytes < PREAUTH_MAX_BYTES:
+            raise ConfigError(f"max_message_bytes must be at least {PREAUTH_MAX_BYTES}, got {max_message_bytes}")
+        for what, v in (("handshake_timeout", handshake_timeout), ("idle_timeout", idle_timeout),
+                        ("session_lifetime", session_lifetime)):  # fmt: skip
+            if v <= 0:
+                raise ConfigError(f"{what} must be > 0 seconds, got {v}")
+        super().__init__()
+        self.bind, self.name = bind, name
+        self.roster = frozenset(roster)
+        self.federation, self.plan_hash = federation, plan_hash
+        self.max_message_bytes = max_message_bytes
+        self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
+        self.session_lifetime, self.max_pending = session_lifetime, max_pending
+        self._ctx, self._chunk, self._hook = ssl_context, chunk_bytes, ledger_hook
+        self._links: dict[bytes, Link] = {}
+        self._books: dict[str, _PeerBook] = {}
+        self._dead: OrderedDict[bytes, None] = OrderedDict()
+        self._inbox: queue.Queue[tuple[str, Message] | None] = queue.Queue()
+        self._ready_names: frozenset[str] = frozenset()
+        self._pending_count = 0
+        self._started = threading.Event()
+        self._sock: zmq.Socket | None = None
+        self._next_timers = 0.0
+        self.endpoint: str | None = None
+
+    # -- public API ----------------------------------------------------------
+    def start(self) -> TransportServer:
+        """Bind and start serving; ``self.endpoint`` is the bound address."""
+        self._sock = self._zctx.socket(zmq.ROUTER)
+        configure_socket(self._sock, self._chunk)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        try:
+            self._sock.bind(self.bind)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise TransportError(f"cannot bind {self.bind}: {exc}; pick a free address", "bind") from exc
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._start_thread()
+        return self
+
+    def message(self, kind: str, *, round: int = 0, meta: dict | None = None, tensors: dict | None = None) -> Message:
+        """A message from this server (federation, plan hash and sender filled in)."""
+        return Message(kind, self.federation, self.plan_hash, self.name, round, "", meta or {}, tensors or {})
+
+    def send(self, peer: str, msg: Message) -> int | str:
+        """Queue ``msg`` for ``peer`` (delivered when it is, or next, connected); returns the msg_id."""
+        if peer not in self.roster:
+            raise TransportError(f"{peer!r} is not in this plan's roster; cannot send to it", "not_in_roster")
+        if msg.federation != self.federation or msg.plan_hash != self.plan_hash:
+            raise ProtocolError("message is for another federation or plan; build it with server.message()", "wrong_plan")
+        env.validate_message(msg)
+        if msg.msg_id == "":
+            msg = Message(msg.kind, msg.federation, msg.plan_hash, msg.sender, msg.round, self.ids.next(),
+                          msg.meta, msg.tensors)  # fmt: skip
+        self._submit("send", peer, msg)
+        return msg.msg_id
+
+    def recv(self, timeout: float | None = None) -> tuple[str, Message] | None:
+        """Next data message as ``(peer_name, message)``, or None after ``timeout`` seconds."""
+        self._check_alive()
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is None:
+            self._check_alive()
+            return None
+        return item
+
+    def peers(self) -> list[str]:
+        """Names with an authenticated session right now."""
+        return sorted(self._ready_names)
+
+    def pending_connections(self) -> int:
+        """Sessions not (yet) authenticated: handshaking or waiting for HELLO."""
+        return self._pending_count
+
+    def set_ssl_context(self, ctx: ssl.SSLContext, *, expire: bool = True) -> None:
+        """Use ``ctx`` (e.g. with a fresh CRL) for new sessions; expire current ones to re-check all peers."""
+        self._submit("ctx", ctx, expire)
+
+    def expire_sessions(self) -> None:
+        """End every session now (BYE session_expired): clients re-handshake and resend."""
+        self._submit("expire")
+
+    # -- I/O thread: commands and socket ------------------------------------
+    def _command(self, cmd: tuple) -> None:
+        if cmd[0] == "send":
+            _, peer, msg = cmd
+            book = self._books.setdefault(peer, _PeerBook())
+            book.outbox[msg.msg_id] = msg
+            if book.ident is not None and book.ident in self._links:
+                self._links[book.ident].queue(msg)
+        elif cmd[0] == "ctx":
+            self._ctx = cmd[1]
+            if cmd[2]:
+                self._expire_all()
+        elif cmd[0] == "expire":
+            self._expire_all()
+
+    def _expire_all(self) -> None:
+        for ident, link in list(self._links.items()):
+            if link.name is not None:
+                self._bye(link, "session_expired", "session expired; handshake again")
+            else:
+                self._drop(ident)
+
+    def _step(self) -> None:
+        assert self._sock is not None
+        busy = any(link.busy for link in self._links.values())
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._waker.fileno, zmq.POLLIN)
+        events = dict(poller.poll(2 if busy else 100))
+        self._drain_commands()
+        if self._sock in events:
+            self._receive()
+        for ident, link in list(self._links.items()):
+            link.flush(self._sock)
+            if link.closing and not link.busy:
+                self._drop(ident)
+        now = time.monotonic()
+        if now >= self._next_timers:
+            self._next_timers = now + 0.05
+            self._timers(now)
+
+    def _receive(self) -> None:
+        assert self._sock is not None
+        for _ in range(256):
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = parts[0].bytes
+            if len(parts) != 2:  # a DEALER sends exactly one frame per message
+                self._drop(ident)
+                continue
+            self._on_frame(ident, parts[1].buffer)
+
+    def _link_for(self, ident: bytes) -> Link | None:
+        link = self._links.get(ident)
+        if link is not None or ident in self._dead:
+            return link
+        if self._pending_count >= self.max_pending:
+            self._mark_dead(ident)
+            return None
+        channel = TlsChannel(self._ctx, server_side=True, max_message_bytes=PREAUTH_MAX_BYTES)
+        link = Link(channel, route=[ident], peer=f"?{ident.hex()}", ledger_hook=self._hook, chunk_bytes=self._chunk)
+        self._links[ident] = link
+        self._refresh()
+        return link
+
+    def _on_frame(self, ident: bytes, data: memoryview) -> None:
+        link = self._link_for(ident)
+        if link is None or link.closing:
+            return
+        link.last_rx = time.monotonic()
+        try:
+            link.channel.feed(data)
+            if not link.channel.handshake_done:
+                done = link.channel.handshake()
+                link.queue_raw(link.channel.outgoing())
+                if not done:
+                    return
+            for raw in link.channel.messages():
+                self._on_message(ident, link, raw)
+                if link.closing:
+                    return
+        except ssl.SSLError as exc:
+            link.queue_raw(link.channel.outgoing())  # the alert tells the client why
+            log.info("TLS refused for %s: %s", link.name or link.peer, exc)
+            link.closing = True
+        except PeerClosed:
+            self._drop(ident)
+        except ProtocolError as exc:  # bad prefix or too large: the stream cannot be trusted
+            if link.name is None:
+                link.closing = True
+            else:
+                self._bye(link, exc.reason, str(exc))
+
+    # -- I/O thread: messages -----------------------------------------------
+    def _on_message(self, ident: bytes, link: Link, raw: bytearray) -> None:
+        if link.name is None:
+            self._on_hello(ident, link, raw)
+            return
+        try:
+            msg = decode(raw, expect_federation=self.federation, expect_plan_hash=self.plan_hash,
+                         max_bytes=self.max_message_bytes)  # fmt: skip
+        except ProtocolError as exc:
+            self._refuse_message(link, raw, exc)
+            return
+        link.report_message("received", msg, len(raw))
+        if msg.sender != link.name:
+            detail = f"message claims sender {msg.sender!r} but the session belongs to {link.name!r}"
+            self._nack(link, msg.msg_id, "sender_mismatch", detail)
+            return
+        self._dispatch(link, msg)
+
+    def _dispatch(self, link: Link, msg: Message) -> None:
+        assert link.name is not None
+        book = self._books.setdefault(link.name, _PeerBook())
+        if msg.kind == env.ACK:
+            book.outbox.pop(msg.meta.get("ack"), None)  # type: ignore[arg-type]
+        elif msg.kind == env.PING:
+            link.queue(self._control(env.PONG, {}))
+        elif msg.kind == env.BYE:
+            link.closing = True
+        elif msg.kind in (env.HELLO, env.WELCOME, env.REJECT, env.PONG):
+            if msg.kind != env.PONG:
+                self._nack(link, msg.msg_id, "protocol", f"{msg.kind} is not expected in an open session")
+        else:  # data (and NACKs of our messages, which the application should see)
+            if msg.kind == env.NACK:
+                book.outbox.pop(msg.meta.get("nack"), None)  # type: ignore[arg-type]
+            else:
+                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+            if book.seen.add(msg.msg_id):
+                self._inbox.put((link.name, msg))
+
+    def _on_hello(self, ident: bytes, link: Link, raw: bytearray) -> None:
+        try:
+            hello = decode(raw, expect_federation=None, expect_plan_hash=None, max_bytes=PREAUTH_MAX_BYTES)
+        except ProtocolError as exc:
+            self._reject(link, Refusal("protocol", f"first message is not a valid HELLO: {exc}"))
+            return
+        cn = peer_common_name(link.channel.obj)
+        link.peer = cn
+        link.report_message("received", hello, len(raw))
+        refusal = admit(cn, hello, roster=self.roster, federation=self.federation, plan_hash=self.plan_hash)
+        if refusal is not None:
+            log.info("refused %s: %s", cn, refusal.detail)
+            self._reject(link, refusal)
+            return
+        self._welcome(ident, link, cn)
+
+    def _welcome(self, ident: bytes, link: Link, cn: str) -> None:
+        book = self._books.setdefault(cn, _PeerBook())
+        if book.ident is not None and book.ident != ident and book.ident in self._links:
+            self._drop(book.ident)  # the peer reconnected: its newer session wins
+        book.ident, link.name = ident, cn
+        link.channel.max_message_bytes = self.max_message_bytes
+        now = time.monotonic()
+        cert = x509.load_der_x509_certificate(link.channel.obj.getpeercert(binary_form=True))
+        left = (cert.not_valid_after_utc - datetime.now(timezone.utc)).total_seconds()
+        link.established, link.expires = now, now + max(0.0, min(self.session_lifetime, left))
+        meta = {"max_message_bytes": self.max_message_bytes, "idle_timeout_s": self.idle_timeout,
+                "session_lifetime_s": self.session_lifetime}  # fmt: skip
+        link.queue(self._control(env.WELCOME, meta))
+        for msg in book.outbox.values():
+            link.queue(msg)
+        self._refresh()
+
+    def _refuse_message(self, link: Link, raw: bytearray, exc: ProtocolError) -> None:
+        try:
+            header = decode_header(raw, max_bytes=self.max_message_bytes)
+        except ProtocolError:
+            self._bye(link, exc.reason, str(exc))
+            return
+        msg_id = header["msg_id"]
+        if isinstance(msg_id, bool) or not isinstance(msg_id, int | str):
+            self._bye(link, exc.reason, str(exc))
+            return
+        rnd = header["round"] if isinstance(header["round"], int) else -1
+        link.report("received", str(header["kind"])[:32], rnd, msg_id, 0, len(raw))
+        self._nack(link, msg_id, exc.reason, str(exc))
+
+    def _control(self, kind: str, meta: dict) -> Message:
+        return Message(kind, self.federation, self.plan_hash, self.name, 0, self.ids.next(), meta)
+
+    def _nack(self, link: Link, msg_id: int | str, reason: str, detail: str) -> None:
+        log.info("NACK %s from %s: %s", msg_id, link.name, detail)
+        link.queue(self._control(env.NACK, {"nack": msg_id, "reason": reason, "detail": detail}))
+
+    def _reject(self, link: Link, refusal: Refusal) -> None:
+        link.queue(self._control(env.REJECT, {"reason": refusal.reason, "detail": refusal.detail}))
+        link.closing = True
+        self._refresh()
+
+    def _bye(self, link: Link, reason: str, detail: str) -> None:
+        link.queue(self._control(env.BYE, {"reason": reason, "detail": detail}))
+        link.closing = True
+        self._refresh()
+
+    # -- I/O thread: bookkeeping --------------------------------------------
+    def _timers(self, now: float) -> None:
+        for ident, link in list(self._links.items()):
+            if link.closing:
+                if now - link.last_tx > self.handshake_timeout:
+                    self._drop(ident)  # could not even flush the refusal
+            elif link.name is None and now - link.created > self.handshake_timeout:
+                log.info("handshake timeout for %s", link.peer)
+                self._drop(ident)
+            elif link.name is not None and now - link.last_rx > self.idle_timeout:
+                self._bye(link, "idle", f"no traffic for {self.idle_timeout:g} s")
+            elif link.expires is not None and now > link.expires and not link.busy and not link.channel.mid_message:
+                self._bye(link, "session_expired", "session lifetime reached; handshake again")
+
+    def _mark_dead(self, ident: bytes) -> None:
+        self._dead[ident] = None
+        while len(self._dead) > 4096:
+            self._dead.popitem(last=False)
+
+    def _drop(self, ident: bytes) -> None:
+        link = self._links.pop(ident, None)
+        self._mark_dead(ident)
+        if link is not None and link.name is not None:
+            book = self._books.get(link.name)
+            if book is not None and book.ident == ident:
+                book.ident = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        names = [link.name for link in self._links.values() if link.name is not None and not link.closing]
+        self._ready_names = frozenset(n for n in names if n is not None)
+        self._pending_count = sum(1 for link in self._links.values() if link.name is None)
+
+    def _on_crash(self, exc: BaseException) -> None:
+        log.error("server I/O thread failed: %r", exc)
+        self._inbox.put(None)
+
+    def _teardown(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
