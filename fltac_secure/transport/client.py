@@ -317,9 +317,11 @@ class TransportClient(IOLoop):
             self._retry(f"undecodable stream from the aggregator ({exc})")
 
     def _on_message(self, link: Link, raw: bytearray) -> None:
-        limit = self.max_message_bytes if self._state == "ready" else PREAUTH_MAX_BYTES
-        try:
-            msg = decode(raw, expect_federation=self.federation, expect_plan_hash=self.plan_hash, max_bytes=limit)
+        ready = self._state == "ready"
+        limit = self.max_message_bytes if ready else PREAUTH_MAX_BYTES
+        try:  # before WELCOME, read a REJECT even if it comes from another plan (it says why)
+            msg = decode(raw, expect_federation=self.federation if ready else None,
+                         expect_plan_hash=self.plan_hash if ready else None, max_bytes=limit)  # fmt: skip
         except ProtocolError as exc:
             if self._state != "ready":
                 self._fail(TransportError(f"the aggregator answered with an invalid message: {exc}", exc.reason))
@@ -340,6 +342,10 @@ class TransportClient(IOLoop):
     def _on_welcome(self, link: Link, msg: Message) -> None:
         if msg.kind != env.WELCOME:
             self._fail(TransportError(f"expected WELCOME or REJECT, got {msg.kind}", "protocol"))
+            return
+        if (msg.federation, msg.plan_hash) != (self.federation, self.plan_hash):
+            self._fail(TransportError("the aggregator runs another federation or plan; use the same plan.yaml",
+                                      "plan_mismatch"))  # fmt: skip
             return
         self.server_limits = dict(msg.meta)
         idle = msg.meta.get("idle_timeout_s")
