@@ -130,3 +130,19 @@ def test_minilm_layout_from_config_only() -> None:
         plan = tiny_plan(base="minilm").model_copy(update={"model": tiny_plan(base="minilm").model.model_copy(
             update={"lora": tiny_plan().model.lora.model_copy(update={"rank": r})})})
         assert adapter_layout(plan).lora_size == n
+
+
+def test_local_folder_base_loads_like_the_named_one(tmp_path) -> None:
+    base, tok = load_base("tiny-bert", seed=4)
+    base.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    plan = tiny_plan(base=str(tmp_path / "m"))
+    model = SlotModel(plan, ["x"])
+    assert adapter_layout(plan) == adapter_layout(tiny_plan())
+    again = SlotModel(tiny_plan(), ["x"], base=load_base("tiny-bert", seed=4))
+    set_slot_vector(again, "x", get_slot_vector(model, "x"))
+    b = batch(model, ["same weights, same logits"])
+    model.eval()
+    again.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**b), again(**b), atol=1e-6)
