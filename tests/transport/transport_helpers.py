@@ -54,10 +54,12 @@ def cctx(pki: FederationPKI, name: str) -> ssl.SSLContext:
     return client_context(p.cert, p.key, p.ca)
 
 
-def start_server(pki: FederationPKI, bind: str = "tcp://127.0.0.1:*", **kw: object) -> TransportServer:
+def start_server(
+    pki: FederationPKI, bind: str = "tcp://127.0.0.1:*", roster: list[str] = ROSTER, **kw: object
+) -> TransportServer:
     opts: dict = {"handshake_timeout": 1.0, "idle_timeout": 30.0, "max_message_bytes": 8 << 20}
     opts.update(kw)
-    return TransportServer(bind, sctx(pki), ROSTER, FED, PLAN, **opts).start()
+    return TransportServer(bind, sctx(pki), roster, FED, PLAN, **opts).start()
 
 
 @pytest.fixture
