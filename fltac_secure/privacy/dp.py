@@ -216,3 +216,33 @@ class DPTrainer:
             self.gsm.disable_hooks()
             model.train(was_training)
         return losses
+
+
+# --- hook for the round logic: one DPTrainer per (model, site) ---------------------------------------
+_SITE_TRAINERS: weakref.WeakKeyDictionary[nn.Module, dict[str, DPTrainer]] = weakref.WeakKeyDictionary()
+
+
+def site_trainer(model: SlotModel, plan: Plan, site: str, *, ledger: PrivacyLedger | None = None) -> DPTrainer:
+    """The DPTrainer of ``site`` on ``model`` under ``plan`` (made on first use, in-memory ledger by default).
+
+    The simulator shares one model between sites, so accounting is keyed by
+    site; a trainer made under another plan is replaced.  A networked
+    collaborator passes its workspace ledger on the first call.
+    """
+    trainers = _SITE_TRAINERS.setdefault(model, {})
+    tr = trainers.get(site)
+    if tr is None or tr.plan is not plan or (ledger is not None and tr.ledger is not ledger):
+        tr = DPTrainer(model, plan, ledger=ledger)
+        trainers[site] = tr
+    return tr
+
+
+def reset_site_trainers(model: SlotModel) -> None:
+    """Forget every site's accounting on ``model`` (a new simulated run starts from zero)."""
+    _SITE_TRAINERS.pop(model, None)
+
+
+def site_epsilons(model: SlotModel) -> dict[str, dict[str, float]]:
+    """Epsilon spent so far per site and slot on ``model`` (for round metrics)."""
+    return {site: {slot: rec.epsilon for slot, rec in sorted(tr.ledger.slots.items())}
+            for site, tr in sorted(_SITE_TRAINERS.get(model, {}).items())}
