@@ -1,9 +1,96 @@
-"""Placeholder: commands of this group are registered here."""
+"""`fltac aggregator start`, `fltac collaborator start`, `fltac collaborator ping`."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
+
+from fltac_secure.cli.common import console
+from fltac_secure.errors import ConfigError, TransportError
+
+aggregator_app = typer.Typer(help="Run the aggregator of a federation.", no_args_is_help=True)
+collaborator_app = typer.Typer(help="Run or check a collaborator site.", no_args_is_help=True)
+
+PLAN_HELP = "The federation's plan (the same file at every site)."
+SITE_HELP = "This site's site file (name, workspace, certificates, addresses, data)."
+
+
+def _threads(n: int | None) -> None:
+    """Torch threads for this process (several site processes on one machine: use 1 each)."""
+    if n is not None:
+        if n < 1:
+            raise ConfigError(f"--threads must be >= 1, got {n}")
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _load(plan_path: Path, site_path: Path, role: str):  # type: ignore[no-untyped-def]
+    from fltac_secure.plan import load_plan, load_site
+
+    plan = load_plan(plan_path)
+    site = load_site(site_path, plan)
+    if site.role != role:
+        raise ConfigError(f"site file {site_path} has role {site.role}; this command needs a {role} site file")
+    return plan, site
+
+
+@aggregator_app.command("start")
+def aggregator_start(
+    plan_path: Path = typer.Option(..., "--plan", help=PLAN_HELP),
+    site_path: Path = typer.Option(..., "--site", help=SITE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: torch's choice)."),
+) -> None:
+    """Bind, wait for the sites, run every round, write the global adapters. Resumes an existing workspace."""
+    _threads(threads)
+    from aggregator.service import Aggregator
+
+    plan, site = _load(plan_path, site_path, "aggregator")
+    state = Aggregator(plan, site).run()
+    console.print(f"federation {plan.federation!r} finished {state.round} round(s); outputs in {site.workspace / 'out'}")
+
+
+@collaborator_app.command("start")
+def collaborator_start(
+    plan_path: Path = typer.Option(..., "--plan", help=PLAN_HELP),
+    site_path: Path = typer.Option(..., "--site", help=SITE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: torch's choice)."),
+) -> None:
+    """Connect to the aggregator and serve its rounds for this site's tasks until the federation ends."""
+    _threads(threads)
+    from collaborator.service import Collaborator
+
+    plan, site = _load(plan_path, site_path, "collaborator")
+    Collaborator(plan, site).run()
+
+
+@collaborator_app.command("ping")
+def collaborator_ping(
+    plan_path: Path = typer.Option(..., "--plan", help=PLAN_HELP),
+    site_path: Path = typer.Option(..., "--site", help=SITE_HELP),
+    timeout: float = typer.Option(15.0, "--timeout", help="Seconds to wait for the aggregator's answer."),
+) -> None:
+    """Connect and handshake only: print OK, or the exact reason the aggregator refused (exit 1)."""
+    from fltac_secure.pki import context_for_site
+    from fltac_secure.plan import plan_hash
+    from fltac_secure.transport.client import TransportClient
+
+    plan, site = _load(plan_path, site_path, "collaborator")
+    client = TransportClient(site.aggregator or "", context_for_site(site), site.name, plan.federation,
+                             plan_hash(plan), server_hostname=site.server_name,
+                             handshake_timeout=plan.timeouts.handshake_s, max_attempts=3)
+    try:
+        client.connect(timeout=timeout)
+    except TransportError as exc:
+        raise TransportError(f"refused or unreachable ({exc.reason}): {exc}", exc.reason) from None
+    finally:
+        client.close()
+    console.print(f"OK: {site.name} is authenticated and authorised by the aggregator at {site.aggregator}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the main app."""
+    app.add_typer(aggregator_app, name="aggregator")
+    app.add_typer(collaborator_app, name="collaborator")

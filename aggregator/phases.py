@@ -1,0 +1,67 @@
+"""Bookkeeping of one protocol phase on the aggregator: who was asked, who answered, what came late.
+
+A phase is "I sent kind X for round r to these sites; I wait for kind Y".
+Answers are accepted once per site, only from the sites asked, only for the
+phase's round; everything else (late, duplicate, unexpected) is counted and
+ignored, never acted on.  The message each site was sent is kept so a site
+that reconnects and says (in its JOIN) it never handled it gets it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fltac_secure.federation import messages as fm
+from fltac_secure.transport.envelope import Message
+
+
+@dataclass
+class Member:
+    """A collaborator known to this run: slot sample counts, task names (if shared), last handled message."""
+
+    name: str
+    counts: list[int]
+    tasks: list[str] | None = None
+    last: tuple[int, str] = (-1, "")
+
+    @property
+    def slots(self) -> int:
+        return len(self.counts)
+
+
+@dataclass
+class Phase:
+    """One round phase: ``sent`` (kind) for ``round``, answered by ``answer`` (kind)."""
+
+    round: int
+    sent: str
+    answer: str
+    messages: dict[str, Message] = field(default_factory=dict)  # site -> the message it was sent
+    answers: dict[str, Any] = field(default_factory=dict)  # site -> parsed answer
+    ignored: int = 0
+
+    @property
+    def expected(self) -> set[str]:
+        return set(self.messages)
+
+    @property
+    def complete(self) -> bool:
+        return set(self.answers) >= self.expected
+
+    def wants(self, site: str, msg: Message) -> bool:
+        """True for the first answer of the right kind and round from a site that was asked."""
+        return msg.kind == self.answer and msg.round == self.round and site in self.messages and site not in self.answers
+
+    def needs_resend(self, site: str, member: Member) -> bool:
+        """A site asked in this phase that has not answered and says it never handled the request."""
+        return site in self.messages and site not in self.answers and member.last != (self.round, self.sent)
+
+    def answered_in(self, order: list[str]) -> list[str]:
+        """Sites that answered, in roster order (the order the algorithm sees them)."""
+        return [s for s in order if s in self.answers]
+
+
+def join_of(msg: Message, share_task_names: bool) -> Member:
+    j = fm.parse_join(msg, share_task_names=share_task_names)
+    return Member(msg.sender, j.counts, j.tasks, (j.last_round, j.last_kind))

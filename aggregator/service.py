@@ -1,0 +1,359 @@
+"""The aggregator role: the FL-TAC round state machine over the transport.
+
+One round::
+
+    ROUND_START -> (sites train) -> SKETCHES -> server_assign -> ASSIGNMENT
+                -> UPDATE -> server_aggregate -> atomic checkpoint -> next round
+
+All of the algorithm is in ``fltac_secure.federation.rounds`` (the functions
+the simulator calls); this class only moves messages, keeps time and stores.
+
+Quorum and timeouts: each phase waits at most ``timeouts.round_s`` and
+proceeds with whoever answered in time; late, duplicate and unexpected
+answers are logged, counted in the round's metrics and ignored.  A phase
+with fewer than ``quorum.min_collaborators`` answers fails the round; the
+round is retried (same round number, same seeds, with whoever is connected)
+up to ``MAX_ATTEMPTS`` times in all, then the run stops with a clear error
+and an ABORT to the sites.  The checkpoint of the last completed round is
+intact, so ``fltac aggregator start`` resumes from there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aggregator.checkpoint import Checkpoint, CheckpointStore
+from aggregator.phases import Member, Phase, join_of
+from fltac_secure.errors import ProtocolError, StateError
+from fltac_secure.federation import messages as fm
+from fltac_secure.federation.console import EventLog
+from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
+from fltac_secure.federation.rounds import Assignment, ServerState, server_aggregate, server_assign, slot_key
+from fltac_secure.federation.storage import append_jsonl, pin_plan
+from fltac_secure.learning.cluster import ClusterResult
+from fltac_secure.plan import Plan, Site, plan_hash
+from fltac_secure.transport.envelope import NACK, Message
+from fltac_secure.transport.server import TransportServer
+
+MAX_ATTEMPTS = 3
+"""Tries per round (the first and two retries) before the run stops."""
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the test hook ``Faults.crash_after_round``: the process 'dies' right after a checkpoint."""
+
+
+@dataclass
+class Faults:
+    """Test hooks (never set in production): stop abruptly after the checkpoint of a round."""
+
+    crash_after_round: int | None = None
+
+
+@dataclass
+class RoundReport:
+    round: int
+    attempt: int
+    participants: list[str]
+    sketched: list[str]
+    updated: list[str]
+    clusters: dict[str, int]
+    ignored: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Runs the federation of ``plan`` from the aggregator's ``site`` file (bind address, certificates)."""
+
+    def __init__(self, plan: Plan, site: Site, *, log: EventLog | None = None, join_window: float | None = None,
+                 faults: Faults | None = None) -> None:
+        from fltac_secure.learning.adapters import adapter_layout
+
+        if site.role != "aggregator":
+            raise StateError(f"site file for {site.name!r} has role {site.role}; `fltac aggregator start` needs role aggregator")
+        self.plan, self.site, self.hash = plan, site, plan_hash(plan)
+        self.workspace = Path(site.workspace)
+        self.log = log or EventLog(site.name)
+        self.join_window = float(join_window if join_window is not None else plan.timeouts.round_s)
+        self.faults = faults or Faults()
+        self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
+        self.store = CheckpointStore(self.workspace, self.hash)
+        self.members: dict[str, Member] = {}
+        self.joined: set[str] = set()
+        self.phase: Phase | None = None
+        self.history: list[dict[str, Any]] = []
+        self.server: TransportServer | None = None
+        self.endpoint: str | None = None
+        self.on_round: Callable[[RoundReport], None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def run(self) -> ServerState:
+        """Serve every remaining round, then hand out the final adapters; returns the final state."""
+        from fltac_secure.pki import context_for_site
+
+        pin_plan(self.workspace, self.plan)
+        state = self._load_or_init()
+        t = self.plan.timeouts
+        self.server = TransportServer(
+            self.site.bind or "", context_for_site(self.site), self.plan.roster, self.plan.federation, self.hash,
+            name=self.site.name, max_message_bytes=int(self.plan.limits.max_message_mb * (1 << 20)),
+            handshake_timeout=t.handshake_s, idle_timeout=t.idle_s, session_lifetime=t.rehandshake_s,
+            ledger_hook=Ledger(self.workspace / LEDGER_NAME, self.site.name),
+        ).start()  # fmt: skip
+        self.endpoint = self.server.endpoint
+        self.log.info(f"listening on {self.endpoint} for federation {self.plan.federation!r} "
+                      f"(plan {self.hash[:12]}, {len(self.plan.roster)} sites, rounds {state.round}/{self.plan.rounds})")
+        try:
+            state = self._serve(state)
+        finally:
+            self.server.close()
+        return state
+
+    def _load_or_init(self) -> ServerState:
+        if self.store.exists:
+            ckpt = self.store.load()
+            self.members = {s: Member(s, c, ckpt.tasks.get(s)) for s, c in ckpt.members.items()}
+            self.history = ckpt.history
+            self.log.info(f"resuming from checkpoint: round {ckpt.state.round} of {self.plan.rounds}")
+            return ckpt.state
+        return ServerState(round=0, k=self.plan.k, vectors={})
+
+    def _serve(self, state: ServerState) -> ServerState:
+        self._await_joins(set(self.members) or set(self.plan.roster), self.join_window)
+        while state.round < self.plan.rounds:
+            state = self._round_with_retries(state)
+            if self.faults.crash_after_round == state.round - 1:
+                raise SimulatedCrash(f"test hook: aggregator stops after round {state.round - 1}")
+        self._finish(state)
+        return state
+
+    # -- message pump ------------------------------------------------------------
+    def _pump(self, done: Callable[[], bool], deadline: float) -> None:
+        """Handle incoming messages until ``done()`` or the deadline."""
+        assert self.server is not None
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            item = self.server.recv(timeout=min(left, 0.5))
+            if item is not None:
+                self._handle(*item)
+
+    def _handle(self, peer: str, msg: Message) -> None:
+        if msg.kind == fm.JOIN:
+            self._on_join(peer, msg)
+            return
+        phase = self.phase
+        if phase is not None and phase.wants(peer, msg):
+            try:
+                phase.answers[peer] = self._parse_answer(peer, msg)
+            except ProtocolError as exc:
+                self.log.warn(f"refused {msg.kind} from {peer}: {exc}")
+            return
+        if msg.kind == NACK:
+            self.log.warn(f"{peer} refused a message: {msg.meta.get('detail', '')}")
+            return
+        if phase is not None:
+            phase.ignored += 1
+        self.log.warn(f"ignored {msg.kind} (round {msg.round}) from {peer}: late, duplicate or unexpected")
+
+    def _parse_answer(self, peer: str, msg: Message) -> Any:
+        member = self.members[peer]
+        if msg.kind == fm.SKETCHES:
+            return fm.parse_sketches(msg, member.slots, self.shapes)
+        if msg.kind == fm.UPDATE:
+            assert self.phase is not None
+            wanted = [i for i, c in enumerate(self.phase.messages[peer].meta["clusters"]) if c >= 0]
+            return fm.parse_vectors(msg, wanted, self.shapes)
+        return True  # DONE
+
+    def _on_join(self, peer: str, msg: Message) -> None:
+        try:
+            member = join_of(msg, self.plan.privacy.share_task_names)
+        except ProtocolError as exc:
+            self.log.warn(f"refused JOIN from {peer}: {exc}")
+            return
+        known = self.members.get(peer)
+        if known is not None and known.slots != member.slots:
+            self.log.error(f"{peer} now announces {member.slots} task slots instead of {known.slots}; ignoring it "
+                           "(a site keeps its tasks for the whole federation)")
+            return
+        if peer not in self.joined:
+            self.log.good(f"{peer} joined with {member.slots} task slot(s)")
+        self.members[peer], self.joined = member, self.joined | {peer}
+        phase = self.phase
+        if phase is not None and phase.sent == fm.FINAL and peer not in phase.messages:
+            self._send(peer, self._final_message(peer, phase.round), phase)
+        elif phase is not None and phase.needs_resend(peer, member):
+            self.log.info(f"re-sending {phase.sent} of round {phase.round} to {peer}")
+            self._send(peer, phase.messages[peer], phase)
+
+    def _send(self, peer: str, msg: Message, phase: Phase) -> None:
+        assert self.server is not None
+        phase.messages[peer] = msg
+        self.server.send(peer, msg)
+
+    def _await_joins(self, wanted: set[str], window: float) -> None:
+        """Wait for every site in ``wanted`` (up to ``window`` s), then for a quorum (up to round_s more)."""
+        quorum = self.plan.quorum.min_collaborators
+        self.log.info(f"waiting for sites to join (quorum {quorum})")
+        self._pump(lambda: self.joined >= wanted, time.monotonic() + window)
+        if len(self.joined) < quorum:
+            self._pump(lambda: len(self.joined) >= quorum, time.monotonic() + self.plan.timeouts.round_s)
+        if len(self.joined) < quorum:
+            raise self._stop(f"only {len(self.joined)} site(s) joined, fewer than quorum.min_collaborators = {quorum}")
+
+    def _stop(self, why: str) -> StateError:
+        """Tell every site the run stopped, and build the error the CLI prints."""
+        assert self.server is not None
+        for peer in sorted(self.joined):
+            self.server.send(peer, self.server.message(fm.ABORT, meta={"reason": why}))
+        time.sleep(0.5)  # let the ABORTs go out
+        self.log.error(f"stopping: {why}")
+        return StateError(f"the federation stopped: {why}; the last completed round is checkpointed in "
+                          f"{self.store.dir}, so `fltac aggregator start` resumes from it")
+
+    # -- one round -----------------------------------------------------------------
+    def _participants(self) -> list[str]:
+        assert self.server is not None
+        connected = set(self.server.peers())
+        return [s for s in self.plan.roster if s in self.joined and s in connected]
+
+    def _round_with_retries(self, state: ServerState) -> ServerState:
+        quorum = self.plan.quorum.min_collaborators
+        why = ""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            started = time.monotonic()
+            result = self._round(state, attempt)
+            if isinstance(result, ServerState):
+                return result
+            why = result
+            self.log.warn(f"round {state.round} attempt {attempt}/{MAX_ATTEMPTS} failed: {why}")
+            if attempt < MAX_ATTEMPTS:
+                self._pump(lambda: len(self._participants()) >= quorum, started + self.plan.timeouts.round_s)
+        raise self._stop(f"round {state.round} failed {MAX_ATTEMPTS} times ({why})")
+
+    def _round(self, state: ServerState, attempt: int) -> ServerState | str:
+        """One try of a round: the new state, or why it failed."""
+        r, quorum, started = state.round, self.plan.quorum.min_collaborators, time.monotonic()
+        parts = self._participants()
+        if len(parts) < quorum:
+            return f"{len(parts)} site(s) connected, quorum is {quorum}"
+        self._ensure_slots(state, parts)
+        self.log.info(f"round {r}: ROUND_START to {len(parts)} site(s): {', '.join(parts)}")
+        sketch_phase = self._broadcast(parts, fm.ROUND_START, fm.SKETCHES, r,
+                                       lambda s: self._start_message(state, s, r))
+        sketched = sketch_phase.answered_in(self.plan.roster)
+        if len(sketched) < quorum:
+            return f"{len(sketched)} site(s) sent sketches within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
+        sketches, counts = self._collect_sketches(sketch_phase, sketched)
+        assignment = server_assign(state, sketches, self.plan)
+        self.log.info(f"round {r}: clustered {len(sketches)} slot sketches into "
+                      f"{len(set(assignment.labels.values()))} cluster(s); ASSIGNMENT out")
+        update_phase = self._broadcast(sketched, fm.ASSIGNMENT, fm.UPDATE, r,
+                                       lambda s: self._assignment_message(assignment, s, r))
+        updated = update_phase.answered_in(self.plan.roster)
+        if len(updated) < quorum:
+            return f"{len(updated)} site(s) sent updates within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
+        vectors = {slot_key(s, i): v for s in updated for i, v in update_phase.answers[s].items()}
+        sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
+                                          labels={k: assignment.labels[k] for k in vectors},
+                                          centroids=assignment.clusters.centroids))
+        new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
+        report = RoundReport(r, attempt, parts, sketched, updated, dict(sub.labels),
+                             sketch_phase.ignored + update_phase.ignored, time.monotonic() - started)
+        self._commit(new, report, sketches)
+        return new
+
+    def _broadcast(self, sites: list[str], kind: str, answer: str, r: int,
+                   build: Callable[[str], Message]) -> Phase:
+        assert self.server is not None
+        phase = Phase(r, kind, answer)
+        self.phase = phase
+        for s in sites:
+            self._send(s, build(s), phase)
+        self._pump(lambda: phase.complete, time.monotonic() + self.plan.timeouts.round_s)
+        late = sorted(phase.expected - set(phase.answers))
+        if late:
+            self.log.warn(f"round {r}: no {answer} from {', '.join(late)} within {self.plan.timeouts.round_s:g} s; "
+                          "going on without them")
+        return phase
+
+    def _ensure_slots(self, state: ServerState, sites: list[str]) -> None:
+        """Slots seen for the first time start from round 0's common initial adapter."""
+        from fltac_secure.learning.adapters import initial_vector
+
+        init: np.ndarray | None = None
+        for s in sites:
+            for i in range(self.members[s].slots):
+                if slot_key(s, i) not in state.vectors:
+                    init = initial_vector(self.plan, self.plan.training.seed) if init is None else init
+                    state.vectors[slot_key(s, i)] = init.copy()
+
+    def _start_message(self, state: ServerState, site: str, r: int) -> Message:
+        assert self.server is not None
+        vecs = {i: state.vectors[slot_key(site, i)] for i in range(self.members[site].slots)}
+        return self.server.message(fm.ROUND_START, round=r, tensors=fm.vector_tensors(vecs))
+
+    def _assignment_message(self, assignment: Assignment, site: str, r: int) -> Message:
+        assert self.server is not None
+        clusters = [assignment.labels.get(slot_key(site, i), -1) for i in range(self.members[site].slots)]
+        return self.server.message(fm.ASSIGNMENT, round=r, meta={"clusters": clusters})
+
+    def _collect_sketches(self, phase: Phase, sites: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Sketches and counts keyed by slot, in roster then slot order (the simulator's order)."""
+        sketches: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for s in sites:
+            sk, cn = phase.answers[s]
+            for i in sorted(sk):
+                sketches[slot_key(s, i)] = np.asarray(sk[i], dtype=np.float32)
+                counts[slot_key(s, i)] = cn[i]
+        return sketches, counts
+
+    def _commit(self, new: ServerState, report: RoundReport, sketches: dict[str, np.ndarray]) -> None:
+        from aggregator.outputs import record_round
+
+        row = {"round": report.round, "attempt": report.attempt, "participants": report.participants,
+               "sketched": report.sketched, "updated": report.updated, "clusters": report.clusters,
+               "ignored_messages": report.ignored, "seconds": round(report.seconds, 3)}
+        self.history.append(row)
+        members = {s: m.counts for s, m in self.members.items()}
+        tasks = {s: m.tasks for s, m in self.members.items() if m.tasks}
+        self.store.save(Checkpoint(new, members, tasks, self.history))
+        append_jsonl(self.workspace / "out" / "metrics.jsonl", row)
+        record_round(self.workspace, report.round, sketches, report.clusters)
+        sizes = sorted(np.bincount(list(report.clusters.values())).tolist(), reverse=True)
+        self.log.good(f"round {report.round} done in {report.seconds:.1f} s: {len(report.updated)} site(s), "
+                      f"cluster sizes {sizes}; checkpoint saved")
+        if self.on_round is not None:
+            self.on_round(report)
+
+    # -- the end ---------------------------------------------------------------------
+    def _final_message(self, site: str, r: int) -> Message:
+        assert self.server is not None and self._final_state is not None
+        st, n = self._final_state, self.members[site].slots
+        labels = st.clusters.labels if st.clusters else {}
+        return self.server.message(fm.FINAL, round=r, meta={"clusters": [labels.get(slot_key(site, i), -1) for i in range(n)]},
+                                   tensors=fm.vector_tensors({i: st.vectors[slot_key(site, i)] for i in range(n)}))
+
+    _final_state: ServerState | None = None
+
+    def _finish(self, state: ServerState) -> None:
+        from aggregator.outputs import write_outputs
+
+        self._final_state = state
+        self._ensure_slots(state, [s for s in self.plan.roster if s in self.joined])
+        sites = [s for s in self.plan.roster if s in self.joined]
+        self.log.info(f"all {self.plan.rounds} rounds done; sending the final adapters to {', '.join(sites)}")
+        phase = self._broadcast(sites, fm.FINAL, fm.DONE, state.round, lambda s: self._final_message(s, state.round))
+        self.log.info(f"{len(phase.answers)} of {len(phase.expected)} site(s) confirmed the final adapters")
+        out = write_outputs(self.workspace, self.plan, state, {s: m.tasks for s, m in self.members.items()})
+        self.log.good(f"global adapters and metrics written to {out}")

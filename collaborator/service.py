@@ -1,0 +1,233 @@
+"""The collaborator role: serve the aggregator's rounds for this site's task slots.
+
+The site connects (mutual TLS, WELCOME), announces itself with JOIN and then
+answers whatever the aggregator asks, idempotently:
+
+- ROUND_START r: keep/export/evaluate the global adapters it carries, train
+  every slot with ``rounds.client_round`` (DP when the plan says so), answer
+  SKETCHES.  The round's results are cached in the workspace first, so a
+  repeated ROUND_START (after a restart of either side) is answered from the
+  cache without training again.
+- ASSIGNMENT r: answer UPDATE with the vectors of the assigned slots.
+- FINAL: keep/export/evaluate the final adapters, answer DONE, stop.
+- ABORT: stop with the aggregator's reason.
+
+Network breaks and aggregator restarts: the transport's session layer
+reconnects and resends; when it gives up the site opens a new session, and
+while nothing arrives it repeats JOIN every ``rejoin_s`` so a restarted
+aggregator learns about it (and re-sends a request the site never got).
+A refusal (certificate, roster, plan) is final and raised as is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collaborator.workspace import RoundCache, SiteWorkspace
+from fltac_secure.errors import ProtocolError, StateError, TransportError
+from fltac_secure.federation import messages as fm
+from fltac_secure.federation.console import EventLog
+from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
+from fltac_secure.federation.storage import pin_plan
+from fltac_secure.plan import Plan, Site, plan_hash
+from fltac_secure.transport.client import TransportClient
+from fltac_secure.transport.envelope import Message
+
+RETRYABLE = frozenset({"unreachable", "timeout", "crashed", "closed"})
+"""Transport failures worth a fresh session; anything else (a refusal) is final."""
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the test hook ``Faults.crash_before``: the site 'dies' before answering."""
+
+
+@dataclass
+class Faults:
+    """Test hooks (never set in production): die before sending ``(kind, round)``."""
+
+    crash_before: tuple[str, int] | None = None
+
+
+class Collaborator:
+    """Runs one site of the federation of ``plan`` from its ``site`` file."""
+
+    def __init__(self, plan: Plan, site: Site, *, log: EventLog | None = None, rejoin_s: float = 5.0,
+                 stall_timeout: float = 10.0, patience_s: float | None = None, faults: Faults | None = None) -> None:
+        if site.role != "collaborator":
+            raise StateError(f"site file for {site.name!r} has role {site.role}; this command needs role collaborator")
+        from fltac_secure.learning.adapters import adapter_layout
+
+        self.plan, self.site, self.hash = plan, site, plan_hash(plan)
+        self.log = log or EventLog(site.name)
+        self.ws = SiteWorkspace(plan, site, self.hash)
+        self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
+        self.rejoin_s, self.stall_timeout = rejoin_s, stall_timeout
+        self.patience_s = patience_s if patience_s is not None else 2 * plan.timeouts.round_s + 60
+        self.faults = faults or Faults()
+        self.last: tuple[int, str] = (-1, "")  # last aggregator request handled by this process
+        self.cache: RoundCache | None = None
+        self.finished = False
+        self.client: TransportClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def client_for(self) -> TransportClient:
+        """A fresh transport client (mutual TLS context from the site file; ledger hook wired)."""
+        from fltac_secure.pki import context_for_site
+
+        return TransportClient(
+            self.site.aggregator or "", context_for_site(self.site), self.site.name, self.plan.federation, self.hash,
+            server_hostname=self.site.server_name, max_message_bytes=int(self.plan.limits.max_message_mb * (1 << 20)),
+            handshake_timeout=self.plan.timeouts.handshake_s, stall_timeout=self.stall_timeout,
+            ledger_hook=Ledger(Path(self.site.workspace) / LEDGER_NAME, self.site.name),
+        )  # fmt: skip
+
+    def setup(self) -> None:
+        pin_plan(Path(self.site.workspace), self.plan)
+        self.log.info(f"loading data and model for task(s) {', '.join(self.ws.tasks)}")
+        self.ws.load()
+        self.cache = self.ws.load_cache()
+        if self.plan.privacy.dp:
+            from fltac_secure.privacy.dp import site_trainer
+            from fltac_secure.privacy.ledger import PrivacyLedger
+
+            p = self.plan.privacy
+            ledger = PrivacyLedger.open(self.site.workspace, plan_hash=self.hash, delta=p.delta, accountant=p.accountant)
+            site_trainer(self.ws.model, self.plan, self.site.name, ledger=ledger)
+
+    def run(self) -> dict[str, Any]:
+        """Serve until FINAL (returns the final metrics per task) or a final error."""
+        if self.ws.read_state().get("finished"):
+            self.log.info("this site already finished the federation; its adapters are in out/")
+            return {}
+        self.setup()
+        since = time.monotonic()
+        while not self.finished:
+            try:
+                self._session()
+                since = time.monotonic()
+            except TransportError as exc:
+                if exc.reason not in RETRYABLE:
+                    raise
+                if time.monotonic() - since > self.patience_s:
+                    raise TransportError(f"the aggregator at {self.site.aggregator} has been unreachable for "
+                                         f"{self.patience_s:g} s ({exc}); giving up", exc.reason) from exc
+                self.log.warn(f"connection lost ({exc.reason}); reconnecting")
+                time.sleep(1.0)
+        self.ws.plot()
+        return self.final_metrics
+
+    final_metrics: dict[str, Any] = {}
+
+    def _session(self) -> None:
+        client = self.client = self.client_for()
+        try:
+            client.connect()
+            self.log.good(f"connected to {self.site.aggregator}; joining")
+            self._join()
+            quiet_since = time.monotonic()
+            while not self.finished:
+                msg = client.recv(timeout=0.5)
+                if msg is not None:
+                    self._handle(msg)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > self.rejoin_s:
+                    self._join()
+                    quiet_since = time.monotonic()
+        finally:
+            client.close()
+            self.client = None
+
+    def _send(self, kind: str, r: int, meta: dict | None = None, tensors: dict | None = None) -> None:
+        assert self.client is not None
+        self.client.send(self.client.message(kind, round=r, meta=meta, tensors=tensors),
+                         timeout=self.plan.timeouts.round_s)
+
+    def _join(self) -> None:
+        tasks = self.ws.tasks if self.plan.privacy.share_task_names else None
+        self._send(fm.JOIN, 0, fm.join_meta(self.ws.counts, self.last[0], self.last[1], tasks))
+
+    # -- requests ------------------------------------------------------------------------
+    def _handle(self, msg: Message) -> None:
+        try:
+            if msg.kind == fm.ROUND_START:
+                self._round_start(msg)
+            elif msg.kind == fm.ASSIGNMENT:
+                self._assignment(msg)
+            elif msg.kind == fm.FINAL:
+                self._final(msg)
+            elif msg.kind == fm.ABORT:
+                raise StateError(f"the aggregator stopped the federation: {fm.parse_abort(msg)}")
+            else:
+                self.log.warn(f"ignored unexpected {msg.kind} from the aggregator")
+        except ProtocolError as exc:
+            self.log.error(f"refused {msg.kind} of round {msg.round}: {exc}")
+
+    def _crash_point(self, kind: str, r: int) -> None:
+        if self.faults.crash_before == (kind, r):
+            raise SimulatedCrash(f"test hook: site dies before sending {kind} of round {r}")
+
+    def _round_start(self, msg: Message) -> None:
+        from fltac_secure.federation.rounds import client_round
+
+        r = msg.round
+        vectors = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        self.last = (r, fm.ROUND_START)
+        if r > 0:
+            self._report(self.ws.keep_globals(r, vectors), f"global adapters after round {r - 1}")
+        if self.cache is None or self.cache.round != r:
+            self.log.info(f"round {r}: training {len(self.ws.slots)} slot(s) x {self.plan.training.local_steps} steps")
+            started = time.monotonic()
+            starts = {s.key: vectors[i] for i, s in enumerate(self.ws.slots)}
+            results = client_round(self.ws.model, self.site.name, self.ws.slots, starts, r, self.plan)
+            self.cache = RoundCache(r, results)
+            self.ws.save_cache(self.cache)
+            self.ws.record_training(r, results)
+            losses = ", ".join(f"{self.ws.tasks[_index(x.key)]} {x.stats.get('loss', float('nan')):.3f}" for x in results)
+            self.log.info(f"round {r}: trained in {time.monotonic() - started:.1f} s (loss {losses})")
+        else:
+            self.log.info(f"round {r}: answering from the cached results (no retraining)")
+        self._crash_point(fm.SKETCHES, r)
+        sketches = {_index(x.key): x.sketch for x in self.cache.results}
+        counts = {_index(x.key): x.n_samples for x in self.cache.results}
+        meta, tensors = fm.sketches_message_parts(sketches, counts)
+        self._send(fm.SKETCHES, r, meta, tensors)
+        self.last = (r, fm.SKETCHES)
+
+    def _assignment(self, msg: Message) -> None:
+        r = msg.round
+        clusters = fm.parse_clusters(msg, len(self.ws.slots), self.shapes)
+        if self.cache is None or self.cache.round != r:
+            self.log.warn(f"ASSIGNMENT for round {r} but no results of that round here; skipping it")
+            return
+        self.last = (r, fm.ASSIGNMENT)
+        have = {_index(x.key): x.vector for x in self.cache.results}
+        wanted = {i: have[i] for i, c in enumerate(clusters) if c >= 0 and i in have}
+        self._crash_point(fm.UPDATE, r)
+        self._send(fm.UPDATE, r, tensors=fm.vector_tensors(wanted))
+        self.last = (r, fm.UPDATE)
+        self.log.info(f"round {r}: sent {len(wanted)} adapter(s) for clusters {[c for c in clusters if c >= 0]}")
+
+    def _final(self, msg: Message) -> None:
+        vectors = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        clusters = fm.parse_clusters(msg, len(self.ws.slots), self.shapes)
+        self.last = (msg.round, fm.FINAL)
+        rows = self.ws.keep_globals(msg.round, vectors, final=True)
+        self._report(rows, "final global adapters")
+        self.final_metrics = {row["task"]: row for row in rows}
+        self.ws.write_state(round_done=msg.round - 1, finished=True, clusters=clusters)
+        self._send(fm.DONE, msg.round)
+        self.finished = True
+        self.log.good(f"done: final adapters in {Path(self.site.workspace) / 'out'}")
+
+    def _report(self, rows: list[dict[str, Any]], what: str) -> None:
+        if rows:
+            accs = ", ".join(f"{row['task']} {row['accuracy']:.3f}" for row in rows)
+            self.log.info(f"{what}: local test accuracy {accs}")
+
+
+def _index(key: str) -> int:
+    return int(key.rsplit("/", 1)[1])
+

@@ -1,0 +1,161 @@
+"""A collaborator's workspace: its data and model, its state, its outputs.
+
+``state/collaborator.json``   last round finished, whether the run is over
+``state/globals.safetensors`` the latest global adapter of each slot (``slot/<i>``)
+``state/round.safetensors``   this round's trained vectors and sketches, so a
+                              restart mid-round answers without training again
+``state/privacy.json``        the DP ledger (``fltac_secure.privacy``), when DP is on
+``out/<task>/``               the latest global adapter of each task, peft format
+``out/metrics.jsonl``         local test accuracy of those adapters, training loss
+``out/accuracy.png``          the accuracy per task over rounds
+
+Slots are the site's tasks in plan order: slot ``i`` is the ``i``-th of them,
+and ``slot_key(site, i)`` is the only name the aggregator ever sees.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fltac_secure.errors import StateError
+from fltac_secure.federation.rounds import ClientSlot, SlotResult, slot_key
+from fltac_secure.federation.storage import append_jsonl, read_json, read_tensors, write_json, write_tensors
+from fltac_secure.plan import Plan, Site
+
+STATE = "state"
+OUT = "out"
+FORMAT = "fltac-collaborator-state/1"
+
+
+@dataclass
+class RoundCache:
+    """What a site computed in one round, kept until the round is over."""
+
+    round: int
+    results: list[SlotResult]
+
+
+class SiteWorkspace:
+    """Loads the site's data and model once; stores state and outputs atomically."""
+
+    def __init__(self, plan: Plan, site: Site, plan_hash: str) -> None:
+        self.plan, self.site, self.hash = plan, site, plan_hash
+        self.root = Path(site.workspace)
+        self.tasks = [t.name for t in plan.tasks if t.name in site.data]
+        if not self.tasks:
+            raise StateError(f"site {site.name!r} has no data for any task of the plan; fix its site file's data")
+        self.model: Any = None
+        self.slots: list[ClientSlot] = []
+        self.test: dict[str, Any] = {}
+
+    def load(self) -> None:
+        """Read the data files, load the model, tokenise everything once."""
+        from fltac_secure.data.layout import load_site_data
+        from fltac_secure.learning.model import SlotModel
+        from fltac_secure.learning.train import encode
+
+        train, test = load_site_data(self.site, self.plan)
+        self.model = SlotModel(self.plan, self.tasks)
+        n = self.plan.training.max_seq_length
+        self.slots = [ClientSlot(slot_key(self.site.name, i), t, encode(self.model, train[t], n), len(train[t]))
+                      for i, t in enumerate(self.tasks)]
+        self.test = {t: encode(self.model, ds, n) for t, ds in test.items() if len(ds)}
+
+    @property
+    def counts(self) -> list[int]:
+        return [s.n_samples for s in self.slots]
+
+    # -- state -------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any]:
+        path = self.root / STATE / "collaborator.json"
+        if not path.is_file():
+            return {"format": FORMAT, "plan_hash": self.hash, "round_done": -1, "finished": False}
+        state = read_json(path, "collaborator state")
+        if state.get("plan_hash") != self.hash:
+            raise StateError(f"workspace {self.root} was used with another plan; use a fresh workspace or the original plan")
+        return state
+
+    def write_state(self, **changes: Any) -> None:
+        state = {**self.read_state(), **changes}
+        write_json(self.root / STATE / "collaborator.json", state)
+
+    def save_cache(self, cache: RoundCache) -> None:
+        tensors: dict[str, np.ndarray] = {"round": np.array([cache.round], np.int64)}
+        for res in cache.results:
+            i = int(res.key.rsplit("/", 1)[1])
+            tensors[f"vector/{i}"] = res.vector
+            tensors[f"sketch/{i}"] = np.asarray(res.sketch, np.float32)
+            tensors[f"count/{i}"] = np.array([res.n_samples], np.int64)
+        write_tensors(self.root / STATE / "round.safetensors", tensors)
+
+    def load_cache(self) -> RoundCache | None:
+        path = self.root / STATE / "round.safetensors"
+        if not path.is_file():
+            return None
+        t = read_tensors(path, "round cache")
+        idx = sorted(int(k.split("/")[1]) for k in t if k.startswith("vector/"))
+        results = [SlotResult(slot_key(self.site.name, i), t[f"vector/{i}"], t[f"sketch/{i}"],
+                              int(t[f"count/{i}"][0])) for i in idx if i < len(self.tasks)]
+        return RoundCache(int(t["round"][0]), results)
+
+    # -- global adapters -------------------------------------------------------------
+    def keep_globals(self, r: int, vectors: dict[int, np.ndarray], *, final: bool = False) -> list[dict[str, Any]]:
+        """Store, export (peft) and evaluate the global adapters the site received after round ``r - 1``."""
+        from fltac_secure.learning.adapters import set_slot_vector
+        from fltac_secure.learning.export import export_peft
+        from fltac_secure.learning.train import evaluate_slot
+
+        write_tensors(self.root / STATE / "globals.safetensors", {f"slot/{i}": v for i, v in vectors.items()},
+                      {"round": str(r)})
+        rows = []
+        for i, vec in sorted(vectors.items()):
+            task = self.tasks[i]
+            set_slot_vector(self.model, task, vec)
+            export_peft(self.model, task, self.root / OUT / task, task=self.plan.task(task))
+            if task in self.test:
+                m = evaluate_slot(self.model, task, self.test[task], batch_size=self.plan.training.eval_batch_size)
+                row = {"kind": "final" if final else "global", "after_round": r - 1, "task": task, **m}
+                append_jsonl(self.root / OUT / "metrics.jsonl", row)
+                rows.append(row)
+        return rows
+
+    def record_training(self, r: int, results: list[SlotResult]) -> None:
+        for res in results:
+            task = self.tasks[int(res.key.rsplit("/", 1)[1])]
+            append_jsonl(self.root / OUT / "metrics.jsonl", {"kind": "train", "round": r, "task": task, **res.stats})
+
+    def plot(self) -> Path | None:
+        """``out/accuracy.png``: local test accuracy of each task's global adapter over rounds."""
+        path = self.root / OUT / "metrics.jsonl"
+        if not path.is_file():
+            return None
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        series: dict[str, dict[int, float]] = {}
+        for row in rows:
+            if row.get("kind") in ("global", "final"):
+                series.setdefault(row["task"], {})[int(row["after_round"])] = float(row["accuracy"])
+        if not series:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for task, pts in sorted(series.items()):
+            xs = sorted(pts)
+            ax.plot([x + 1 for x in xs], [pts[x] for x in xs], marker="o", label=task)
+        ax.set_xlabel("rounds completed")
+        ax.set_ylabel("local test accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = self.root / OUT / "accuracy.png"
+        fig.savefig(out, dpi=90)
+        plt.close(fig)
+        return out

@@ -1,0 +1,213 @@
+"""The federation's message kinds, their shape rules, builders and parsers.
+
+Kinds (``->`` shows the direction)::
+
+    JOIN         collab -> agg   meta: slots, counts, last=[round, kind]; tasks only if the plan shares them
+    ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from
+    SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float32; meta: slots, counts
+    ASSIGNMENT   agg -> collab   round r; meta: clusters (one id in [0, k) per slot, -1: not assigned)
+    UPDATE       collab -> agg   round r; tensors slot/<i> (D,) float32: the trained vectors of the assigned slots
+    DONE         collab -> agg   round R; the site holds the final adapters (the aggregator may stop)
+    FINAL        agg -> collab   round R; tensors slot/<i> (D,) float32; meta: clusters
+    ABORT        agg -> collab   the run stopped; meta: reason
+
+Checks happen in two places, because the kind registry is process-global and
+one process may run several plans (tests do): the registered rules are
+plan-independent (tensor names ``slot/<i>`` or ``sketch/<i>``, float32, one
+dimension; no tensors on control kinds), and ``check_*`` functions, called by
+the roles with their plan's numbers (``Shapes``), check sizes, slot counts
+and value ranges.  Threat answered: a collaborator (or a forged aggregator)
+sending vectors of another size, extra slots, negative counts or cluster ids
+out of range is refused with a ``ProtocolError`` naming the problem before
+any of it reaches the algorithm.
+
+UPDATE is one message per site carrying every slot's vector.  Secure
+aggregation (a later issue) replaces exactly this phase by a multi-message
+masked-sum exchange among the members of each cluster, relayed by the
+aggregator; ASSIGNMENT already tells every slot its cluster, which is all
+that exchange needs, and nothing before or after UPDATE changes shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fltac_secure.errors import ProtocolError
+from fltac_secure.transport.envelope import KindSpec, Message, kind_spec, no_tensors, register_kind, tensors_like
+
+JOIN = "JOIN"
+ROUND_START = "ROUND_START"
+SKETCHES = "SKETCHES"
+ASSIGNMENT = "ASSIGNMENT"
+UPDATE = "UPDATE"
+FINAL = "FINAL"
+DONE = "DONE"
+ABORT = "ABORT"
+
+MAX_SLOTS = 1024
+"""A site holds at most this many task slots (bounds tensor counts before sizes are known)."""
+
+_SLOT_RE = re.compile(r"slot/(\d{1,4})")
+_SKETCH_RE = re.compile(r"sketch/(\d{1,4})")
+_VECTOR_RULE = tensors_like({r"slot/\d{1,4}": (["float32"], 1)})
+_SKETCH_RULE = tensors_like({r"sketch/\d{1,4}": (["float32"], 1)})
+
+
+def register_federation_kinds() -> None:
+    """Register the kinds above once per process (idempotent)."""
+    rules = {
+        JOIN: (no_tensors, 0),
+        ROUND_START: (_VECTOR_RULE, MAX_SLOTS),
+        SKETCHES: (_SKETCH_RULE, MAX_SLOTS),
+        ASSIGNMENT: (no_tensors, 0),
+        UPDATE: (_VECTOR_RULE, MAX_SLOTS),
+        FINAL: (_VECTOR_RULE, MAX_SLOTS),
+        DONE: (no_tensors, 0),
+        ABORT: (no_tensors, 0),
+    }
+    for name, (rule, max_tensors) in rules.items():
+        try:
+            kind_spec(name)
+        except ProtocolError:
+            register_kind(KindSpec(name, rule, max_tensors=max_tensors))
+
+
+register_federation_kinds()
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The plan's numbers a message is checked against: adapter size D, sketch dim, K."""
+
+    vector_size: int
+    sketch_dim: int
+    k: int
+
+
+def _refuse(msg: Message, what: str, reason: str = "bad_shape") -> ProtocolError:
+    return ProtocolError(f"{msg.kind} from {msg.sender!r} (round {msg.round}): {what}", reason)
+
+
+def _indexed(msg: Message, pattern: re.Pattern[str], slots: Sequence[int], size: int) -> dict[int, np.ndarray]:
+    """Tensors ``<prefix>/<i>`` for exactly the slot indices ``slots``, each of ``size`` elements."""
+    found: dict[int, np.ndarray] = {}
+    for name, arr in msg.tensors.items():
+        m = pattern.fullmatch(name)
+        if m is None:
+            raise _refuse(msg, f"unexpected tensor {name!r}", "bad_tensors")
+        found[int(m.group(1))] = arr
+    if sorted(found) != sorted(slots):
+        raise _refuse(msg, f"expected tensors for slots {sorted(slots)}, got {sorted(found)}", "bad_tensors")
+    for i, arr in found.items():
+        if arr.shape != (size,):
+            raise _refuse(msg, f"slot {i} has shape {arr.shape}, expected ({size},) for this plan")
+    return {i: np.asarray(found[i]) for i in sorted(found)}
+
+
+def _int_list(msg: Message, key: str, n: int, lo: int, hi: int) -> list[int]:
+    raw = msg.meta.get(key)
+    if not isinstance(raw, list) or len(raw) != n:
+        raise _refuse(msg, f"meta {key!r} must be a list of {n} integers", "bad_meta")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in raw):
+        raise _refuse(msg, f"meta {key!r} holds values outside [{lo}, {hi}]: {raw[:8]}", "bad_meta")
+    return [int(v) for v in raw]
+
+
+# -- JOIN ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Join:
+    """A site's announcement: how many slots, their sample counts, and what it last handled."""
+
+    counts: list[int]
+    last_round: int
+    last_kind: str
+    tasks: list[str] | None = None
+
+    @property
+    def slots(self) -> int:
+        return len(self.counts)
+
+
+def join_meta(counts: Sequence[int], last_round: int, last_kind: str, tasks: Sequence[str] | None) -> dict:
+    meta: dict = {"slots": len(counts), "counts": [int(c) for c in counts], "last": [int(last_round), last_kind]}
+    if tasks is not None:
+        meta["tasks"] = list(tasks)
+    return meta
+
+
+def parse_join(msg: Message, *, share_task_names: bool) -> Join:
+    """The JOIN's content, checked: 1..MAX_SLOTS slots, counts >= 1, task names only if allowed."""
+    n = msg.meta.get("slots")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SLOTS:
+        raise _refuse(msg, f"meta 'slots' must be an integer in 1..{MAX_SLOTS}", "bad_meta")
+    counts = _int_list(msg, "counts", n, 1, 2**31 - 1)
+    last = msg.meta.get("last")
+    if not (isinstance(last, list) and len(last) == 2 and isinstance(last[0], int) and isinstance(last[1], str)):
+        raise _refuse(msg, "meta 'last' must be [round, kind]", "bad_meta")
+    tasks = msg.meta.get("tasks")
+    if tasks is not None:
+        if not share_task_names:
+            raise _refuse(msg, "carries task names but the plan has privacy.share_task_names off", "bad_meta")
+        if not (isinstance(tasks, list) and len(tasks) == n and all(isinstance(t, str) for t in tasks)):
+            raise _refuse(msg, "meta 'tasks' must list one name per slot", "bad_meta")
+    return Join(counts, int(last[0]), str(last[1]), tasks)
+
+
+# -- vectors (ROUND_START, UPDATE, FINAL) and sketches ----------------------------
+
+
+def vector_tensors(vectors: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """``slot/<i>`` -> float32 vector, for ROUND_START, UPDATE and FINAL."""
+    return {f"slot/{i}": np.ascontiguousarray(v, dtype=np.float32) for i, v in vectors.items()}
+
+
+def parse_vectors(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[int, np.ndarray]:
+    """One (D,) float32 vector for each slot index in ``slots`` (ROUND_START, UPDATE, FINAL)."""
+    if msg.kind not in (ROUND_START, UPDATE, FINAL):
+        raise _refuse(msg, "does not carry adapter vectors", "bad_kind")
+    return _indexed(msg, _SLOT_RE, slots, shapes.vector_size)
+
+
+def sketches_message_parts(sketches: Mapping[int, np.ndarray], counts: Mapping[int, int]) -> tuple[dict, dict]:
+    """(meta, tensors) of a SKETCHES message; a slot out of privacy budget is simply absent."""
+    idx = sorted(sketches)
+    meta = {"slots": idx, "counts": [int(counts[i]) for i in idx]}
+    return meta, {f"sketch/{i}": np.ascontiguousarray(sketches[i], dtype=np.float32) for i in idx}
+
+
+def parse_sketches(msg: Message, n_slots: int, shapes: Shapes) -> tuple[dict[int, np.ndarray], dict[int, int]]:
+    """Sketches (sketch_dim,) of the slots the site trained this round, and their sample counts (>= 1)."""
+    raw = msg.meta.get("slots")
+    if not isinstance(raw, list) or len(raw) > n_slots:
+        raise _refuse(msg, f"meta 'slots' must list at most {n_slots} slot indices", "bad_meta")
+    idx = _int_list(msg, "slots", len(raw), 0, n_slots - 1)
+    if len(set(idx)) != len(idx):
+        raise _refuse(msg, "meta 'slots' repeats a slot index", "bad_meta")
+    sketches = _indexed(msg, _SKETCH_RE, idx, shapes.sketch_dim)
+    counts = _int_list(msg, "counts", len(idx), 1, 2**31 - 1)
+    return sketches, dict(zip(idx, counts, strict=True))
+
+
+# -- ASSIGNMENT / FINAL clusters ------------------------------------------------
+
+
+def parse_clusters(msg: Message, n_slots: int, shapes: Shapes) -> list[int]:
+    """Cluster id per slot, each in [0, k) or -1 (slot not assigned this round)."""
+    return _int_list(msg, "clusters", n_slots, -1, shapes.k - 1)
+
+
+def parse_abort(msg: Message) -> str:
+    reason = msg.meta.get("reason")
+    return reason if isinstance(reason, str) else "the aggregator stopped the run"
+
+
+def check_round(msg: Message, expected: int) -> None:
+    if msg.round != expected:
+        raise _refuse(msg, f"is for round {msg.round}, expected {expected}", "wrong_round")
+
