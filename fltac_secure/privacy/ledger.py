@@ -156,6 +156,17 @@ class PrivacyLedger:
                        "target_epsilon": rec.target_epsilon}
         self.save()
 
+    def summary(self) -> dict[str, Any]:
+        """What a report shows: per slot its rounds, final epsilon, budget left and status."""
+        slots = {}
+        for name, r in sorted(self.slots.items()):
+            left = None if r.target_epsilon is None else r.target_epsilon - r.epsilon
+            slots[name] = {"data_size": r.data_size, "epsilon": r.epsilon, "target_epsilon": r.target_epsilon,
+                           "budget_left": left, "steps": r.accountant.steps,
+                           "status": "stopped on budget" if r.stopped else "active",
+                           "stopped": r.stopped, "rounds": [asdict(e) for e in r.rounds]}
+        return {"delta": self.delta, "accountant": self.accountant, "plan_hash": self.plan_hash, "slots": slots}
+
     # serialisation -------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
