@@ -250,13 +250,18 @@ class TransportClient(IOLoop):
         now = time.monotonic()
         if self._state == "backoff" and now >= self._next_attempt:
             self._open()
+        link = self._link
+        busy = link is not None and link.busy
         poller = zmq.Poller()
         poller.register(self._waker.fileno, zmq.POLLIN)
-        if self._sock is not None:
-            poller.register(self._sock, zmq.POLLIN)
-        busy = self._link is not None and self._link.busy
-        wait = 2 if busy else (max(1, int((self._next_attempt - now) * 1000)) if self._state == "backoff" else 50)
-        events = dict(poller.poll(min(wait, 50)))
+        if self._sock is not None:  # wait for room to send only when the high-water mark pushed back
+            poller.register(self._sock, zmq.POLLIN | (zmq.POLLOUT if busy and link.blocked else 0))  # type: ignore[union-attr]
+        wait = 50
+        if busy and not link.blocked:  # type: ignore[union-attr]
+            wait = 0
+        elif self._state == "backoff":
+            wait = min(50, max(1, int((self._next_attempt - now) * 1000)))
+        events = dict(poller.poll(wait))
         self._drain_commands()
         if self._sock is not None and self._sock in events:
             self._receive()

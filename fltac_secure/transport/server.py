@@ -193,11 +193,12 @@ class TransportServer(IOLoop):
 
     def _step(self) -> None:
         assert self._sock is not None
-        busy = any(link.busy for link in self._links.values())
+        busy = [link.blocked for link in self._links.values() if link.busy]
+        timeout = 100 if not busy else (0 if not all(busy) else 2)  # ROUTER has no useful POLLOUT
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._waker.fileno, zmq.POLLIN)
-        events = dict(poller.poll(2 if busy else 100))
+        events = dict(poller.poll(timeout))
         self._drain_commands()
         if self._sock in events:
             self._receive()

@@ -105,6 +105,7 @@ class Link:
         self.established: float | None = None
         self.expires: float | None = None
         self.closing = False  # drop once the queue is flushed (after REJECT/BYE)
+        self.blocked = False  # the last flush hit the high-water mark
         self._hook = ledger_hook
         self._chunk = chunk_bytes
         self._jobs: deque[_Job] = deque()
@@ -130,19 +131,20 @@ class Link:
         """True while something is queued or partly sent."""
         return bool(self._jobs or self._job or self._frame)
 
-    def flush(self, sock: zmq.Socket, budget: int = 8) -> bool:
-        """Send up to ``budget`` frames without blocking; False if ZeroMQ pushed back."""
+    def flush(self, sock: zmq.Socket, budget: int = 8) -> None:
+        """Send up to ``budget`` frames without blocking; sets ``blocked`` if ZeroMQ pushed back."""
+        self.blocked = False
         for _ in range(budget):
             if self._frame is None and not self._next_frame():
-                return True
+                return
             assert self._frame is not None
             try:
                 sock.send_multipart([*self.route, self._frame], flags=zmq.NOBLOCK, copy=len(self._frame) < 65536)
             except zmq.Again:
-                return False
+                self.blocked = True
+                return
             self._frame = None
             self.last_tx = time.monotonic()
-        return True
 
     def _next_frame(self) -> bool:
         while True:
