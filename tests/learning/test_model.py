@@ -146,3 +146,20 @@ def test_local_folder_base_loads_like_the_named_one(tmp_path) -> None:
     again.eval()
     with torch.no_grad():
         assert torch.allclose(model(**b), again(**b), atol=1e-6)
+
+
+def test_opacus_can_wrap_once_and_switch_slots() -> None:
+    """The DP layer's contract: wrap once with every adapter trainable, then set_slot per task."""
+    from opacus import GradSampleModule
+
+    model = SlotModel(tiny_plan(), ["x", "y"]).train()
+    wrapped = GradSampleModule(model)
+    b = batch(model, ["hello world", "foo", "bar baz qux"])
+    for slot in ("x", "y", "x"):
+        model.set_slot(slot)
+        logits = wrapped(**b)
+        assert isinstance(logits, torch.Tensor)
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0])).backward()
+        for p in model.slot_parameters(slot).values():
+            assert p.grad_sample is not None and p.grad_sample.shape[0] == 3
+        wrapped.zero_grad(set_to_none=True)
