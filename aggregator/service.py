@@ -146,6 +146,12 @@ class Aggregator:
             if item is not None:
                 self._handle(*item)
 
+    def _drain(self) -> None:
+        """Handle whatever already arrived (JOINs of sites that came back), without waiting."""
+        assert self.server is not None
+        while (item := self.server.recv(timeout=0)) is not None:
+            self._handle(*item)
+
     def _handle(self, peer: str, msg: Message) -> None:
         if msg.kind == fm.JOIN:
             self._on_join(peer, msg)
@@ -243,6 +249,8 @@ class Aggregator:
     def _round(self, state: ServerState, attempt: int) -> ServerState | str:
         """One try of a round: the new state, or why it failed."""
         r, quorum, started = state.round, self.plan.quorum.min_collaborators, time.monotonic()
+        self.phase = None
+        self._drain()
         parts = self._participants()
         if len(parts) < quorum:
             return f"{len(parts)} site(s) connected, quorum is {quorum}"
@@ -314,7 +322,7 @@ class Aggregator:
         for s in sites:
             sk, cn = phase.answers[s]
             for i in sorted(sk):
-                sketches[slot_key(s, i)] = np.asarray(sk[i], dtype=np.float32)
+                sketches[slot_key(s, i)] = np.asarray(sk[i], dtype=np.float64)
                 counts[slot_key(s, i)] = cn[i]
         return sketches, counts
 

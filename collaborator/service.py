@@ -21,6 +21,7 @@ A refusal (certificate, roster, plan) is final and raised as is.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class Collaborator:
         self.cache: RoundCache | None = None
         self.finished = False
         self.client: TransportClient | None = None
+        self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
 
     # -- lifecycle ---------------------------------------------------------------
     def client_for(self) -> TransportClient:
@@ -85,6 +87,7 @@ class Collaborator:
         )  # fmt: skip
 
     def setup(self) -> None:
+        """Pin the plan, load data and model (tokenised once), open the DP ledger; ``run`` calls it."""
         pin_plan(Path(self.site.workspace), self.plan)
         self.log.info(f"loading data and model for task(s) {', '.join(self.ws.tasks)}")
         self.ws.load()
@@ -102,7 +105,8 @@ class Collaborator:
         if self.ws.read_state().get("finished"):
             self.log.info("this site already finished the federation; its adapters are in out/")
             return {}
-        self.setup()
+        if self.ws.model is None:
+            self.setup()
         since = time.monotonic()
         while not self.finished:
             try:
@@ -148,6 +152,7 @@ class Collaborator:
     def _join(self) -> None:
         tasks = self.ws.tasks if self.plan.privacy.share_task_names else None
         self._send(fm.JOIN, 0, fm.join_meta(self.ws.counts, self.last[0], self.last[1], tasks))
+        self.joined.set()
 
     # -- requests ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:

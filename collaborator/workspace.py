@@ -89,7 +89,7 @@ class SiteWorkspace:
         for res in cache.results:
             i = int(res.key.rsplit("/", 1)[1])
             tensors[f"vector/{i}"] = res.vector
-            tensors[f"sketch/{i}"] = np.asarray(res.sketch, np.float32)
+            tensors[f"sketch/{i}"] = np.asarray(res.sketch, np.float64)
             tensors[f"count/{i}"] = np.array([res.n_samples], np.int64)
         write_tensors(self.root / STATE / "round.safetensors", tensors)
 

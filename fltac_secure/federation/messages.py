@@ -4,7 +4,7 @@ Kinds (``->`` shows the direction)::
 
     JOIN         collab -> agg   meta: slots, counts, last=[round, kind]; tasks only if the plan shares them
     ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from
-    SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float32; meta: slots, counts
+    SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float64; meta: slots, counts
     ASSIGNMENT   agg -> collab   round r; meta: clusters (one id in [0, k) per slot, -1: not assigned)
     UPDATE       collab -> agg   round r; tensors slot/<i> (D,) float32: the trained vectors of the assigned slots
     DONE         collab -> agg   round R; the site holds the final adapters (the aggregator may stop)
@@ -13,8 +13,8 @@ Kinds (``->`` shows the direction)::
 
 Checks happen in two places, because the kind registry is process-global and
 one process may run several plans (tests do): the registered rules are
-plan-independent (tensor names ``slot/<i>`` or ``sketch/<i>``, float32, one
-dimension; no tensors on control kinds), and ``check_*`` functions, called by
+plan-independent (tensor names ``slot/<i>`` (float32) or ``sketch/<i>``
+(float64), one dimension; no tensors on control kinds), and ``check_*`` functions, called by
 the roles with their plan's numbers (``Shapes``), check sizes, slot counts
 and value ranges.  Threat answered: a collaborator (or a forged aggregator)
 sending vectors of another size, extra slots, negative counts or cluster ids
@@ -26,6 +26,11 @@ aggregation (a later issue) replaces exactly this phase by a multi-message
 masked-sum exchange among the members of each cluster, relayed by the
 aggregator; ASSIGNMENT already tells every slot its cluster, which is all
 that exchange needs, and nothing before or after UPDATE changes shape.
+
+Sketches travel as float64, exactly as ``learning.sketch`` computes them:
+K-means on float32-rounded sketches can label near-ties differently from the
+simulator, and the sketch is tiny (sketch_dim values per slot), so exactness
+costs nothing worth saving.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ MAX_SLOTS = 1024
 _SLOT_RE = re.compile(r"slot/(\d{1,4})")
 _SKETCH_RE = re.compile(r"sketch/(\d{1,4})")
 _VECTOR_RULE = tensors_like({r"slot/\d{1,4}": (["float32"], 1)})
-_SKETCH_RULE = tensors_like({r"sketch/\d{1,4}": (["float32"], 1)})
+_SKETCH_RULE = tensors_like({r"sketch/\d{1,4}": (["float64"], 1)})
 
 
 def register_federation_kinds() -> None:
@@ -178,7 +183,7 @@ def sketches_message_parts(sketches: Mapping[int, np.ndarray], counts: Mapping[i
     """(meta, tensors) of a SKETCHES message; a slot out of privacy budget is simply absent."""
     idx = sorted(sketches)
     meta = {"slots": idx, "counts": [int(counts[i]) for i in idx]}
-    return meta, {f"sketch/{i}": np.ascontiguousarray(sketches[i], dtype=np.float32) for i in idx}
+    return meta, {f"sketch/{i}": np.ascontiguousarray(sketches[i], dtype=np.float64) for i in idx}
 
 
 def parse_sketches(msg: Message, n_slots: int, shapes: Shapes) -> tuple[dict[int, np.ndarray], dict[int, int]]:
