@@ -20,7 +20,6 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import zmq
 
@@ -32,43 +31,12 @@ from fltac_secure.transport.codec import decode
 from fltac_secure.transport.envelope import Message
 from fltac_secure.transport.events import LedgerHook
 from fltac_secure.transport.loop import IOLoop
+from fltac_secure.transport.refusals import Waiter as _Waiter
+from fltac_secure.transport.refusals import tls_refusal
 from fltac_secure.transport.session import Link, SeenIds
 from fltac_secure.transport.sockets import configure_socket
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Waiter:
-    """An API thread waiting for the I/O thread (an ACK, or a reply)."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    error: FltacError | None = None
-    reply: Message | None = None
-
-    def finish(self, error: FltacError | None = None, reply: Message | None = None) -> None:
-        self.error, self.reply = error, reply
-        self.event.set()
-
-    def wait(self, timeout: float | None, what: str) -> Message | None:
-        if not self.event.wait(timeout):
-            raise TransportError(f"no {what} within {timeout} s", "timeout")
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-
-def tls_refusal(exc: ssl.SSLError) -> TransportError:
-    """Turn an alert from the server into a clear, final error."""
-    alert = (exc.reason or "tls_error").lower()
-    for prefix in ("tlsv13_alert_", "tlsv1_alert_", "sslv3_alert_"):
-        alert = alert.removeprefix(prefix)
-    return TransportError(
-        f"the aggregator refused the TLS session ({alert.replace('_', ' ')}): check that this site's "
-        "certificate is signed by the federation CA, is a collaborator certificate, and is neither expired "
-        f"nor revoked [{exc}]",
-        f"tls_{alert}",
-    )
 
 
 class TransportClient(IOLoop):

@@ -89,10 +89,25 @@ def test_server_restart_mid_stream_delivers_exactly_once(pki):
             except Exception as exc:  # surfaced below
                 result["error"] = exc
 
+        frames = [0]
+        on_frame = first._on_frame
+
+        def die_mid_stream(ident: bytes, data: memoryview) -> None:
+            """The first server's I/O thread stops dead after 8 frames of the upload."""
+            link = first._links.get(ident)
+            if link is not None and link.name is not None:
+                frames[0] += 1
+            if frames[0] > 8:
+                first._stopping = True
+                return
+            on_frame(ident, data)
+
+        first._on_frame = die_mid_stream  # type: ignore[method-assign]
         sender = threading.Thread(target=upload)
         sender.start()
-        assert wait_for(lambda: any(l.channel.mid_message for l in first._links.values()), 10)
+        assert wait_for(lambda: frames[0] > 8, 10)
         first.close()  # killed mid-stream
+        assert first._inbox.empty()
         time.sleep(0.3)
         second = start_server(pki, endpoint, max_message_bytes=64 << 20)
         sender.join(60)
