@@ -54,8 +54,13 @@ class Phase:
         return msg.kind == self.answer and msg.round == self.round and site in self.messages and site not in self.answers
 
     def needs_resend(self, site: str, member: Member) -> bool:
-        """A site asked in this phase that has not answered and says it never handled the request."""
-        return site in self.messages and site not in self.answers and member.last != (self.round, self.sent)
+        """A site asked in this phase, not answered, whose process restarted (it has handled nothing yet).
+
+        Only a restart loses a request: within one aggregator run the transport
+        redelivers unacknowledged messages itself, and resending to a site
+        that merely has the request in flight would duplicate traffic.
+        """
+        return site in self.messages and site not in self.answers and member.last == (-1, "")
 
     def answered_in(self, order: list[str]) -> list[str]:
         """Sites that answered, in roster order (the order the algorithm sees them)."""

@@ -30,6 +30,19 @@ from fltac_secure.plan import Plan, Site
 STATE = "state"
 OUT = "out"
 FORMAT = "fltac-collaborator-state/1"
+EVAL_EACH_ROUND = 128
+"""Local test examples per task evaluated after each round (all of them after the last): keeps rounds short."""
+
+
+def _head(data: Any, n: int) -> Any:
+    """The first ``n`` examples of an encoded data set."""
+    import torch
+
+    if len(data) <= n:
+        return data
+    idx = torch.arange(n)
+    return type(data)(features={k: v.index_select(0, idx) for k, v in data.features.items()},
+                      labels=data.labels.index_select(0, idx), task=data.task)
 
 
 @dataclass
@@ -118,7 +131,8 @@ class SiteWorkspace:
             set_slot_vector(self.model, task, vec)
             export_peft(self.model, task, self.root / OUT / task, task=self.plan.task(task))
             if task in self.test:
-                m = evaluate_slot(self.model, task, self.test[task], batch_size=self.plan.training.eval_batch_size)
+                data = self.test[task] if final else _head(self.test[task], EVAL_EACH_ROUND)
+                m = evaluate_slot(self.model, task, data, batch_size=self.plan.training.eval_batch_size)
                 row = {"kind": "final" if final else "global", "after_round": r - 1, "task": task, **m}
                 append_jsonl(self.root / OUT / "metrics.jsonl", row)
                 rows.append(row)
