@@ -1,0 +1,281 @@
+"""One FL-TAC round as plain functions: the client's part and the server's part.
+
+The in-process simulator calls these directly; the networked collaborator
+and aggregator call the very same functions around their messages, so a
+loopback federation reproduces the simulation exactly.
+
+Client (``client_round``): for each local task slot, load the round's start
+vector, train (seeded by ``(training seed, site, task, round)``, never by
+process order), read the new vector back and sketch the clustering features
+with the round's projection. Server: ``server_assign`` clusters the sketches
+(K-means, ids matched to the previous round), ``server_aggregate`` averages
+within clusters and gives every slot its cluster's mean. The server only
+sees opaque slot keys (``"site/index"``), never task names.
+
+``ServerState`` is what the aggregator checkpoints: it converts to and from a
+flat dict of named arrays (``to_tensors``/``from_tensors``) for safetensors;
+nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fltac_secure.errors import StateError
+from fltac_secure.learning.aggregate import cluster_means, redistribute
+from fltac_secure.learning.cluster import ClusterResult, cluster_sketches
+from fltac_secure.learning.seeding import derive_seed
+from fltac_secure.learning.sketch import make_sketcher, round_sketch_seed
+
+if TYPE_CHECKING:
+    from fltac_secure.learning.model import SlotModel
+    from fltac_secure.plan import Plan
+
+__all__ = [
+    "Assignment",
+    "ClientSlot",
+    "ServerState",
+    "SlotResult",
+    "client_round",
+    "clustering_features",
+    "oracle_assign",
+    "server_aggregate",
+    "server_assign",
+    "slot_key",
+    "slot_seed",
+    "sketch_features",
+]
+
+
+def slot_key(site: str, index: int) -> str:
+    """The opaque key of a site's ``index``-th task slot (what the server sees)."""
+    return f"{site}/{index}"
+
+
+def slot_seed(plan: Plan, site: str, task: str, round_index: int) -> int:
+    """The training seed of one slot in one round: independent of process and slot order."""
+    return derive_seed(plan.training.seed, site, task, round_index)
+
+
+@dataclass(frozen=True)
+class ClientSlot:
+    """One local task slot at a site: ``key`` goes to the server, ``task`` never does.
+
+    ``data`` is the slot's training data (a TaskDataset or an already encoded
+    data set, whatever ``train_slot`` accepts); ``n_samples`` is reported for
+    sample-weighted aggregation.
+    """
+
+    key: str
+    task: str
+    data: Any
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    """What one slot produced in a round: the new vector, its sketch, its weight, train stats."""
+
+    key: str
+    vector: np.ndarray
+    sketch: np.ndarray
+    n_samples: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def clustering_features(vector: np.ndarray, start: np.ndarray, lora_size: int, features: str) -> np.ndarray:
+    """What is sketched: the full vector, its LoRA prefix, or its change during the round."""
+    if features == "full":
+        return vector
+    if features == "lora":
+        return vector[:lora_size]
+    if features == "delta":
+        return vector - start
+    raise ValueError(f"unknown clustering.features {features!r}; choose full, lora or delta")
+
+
+def sketch_features(plan: Plan, round_index: int, feats: np.ndarray) -> np.ndarray:
+    """Sketch a batch ``(n, D)`` of features with the round's shared projection."""
+    c = plan.clustering
+    return make_sketcher(c.sketch_dim, round_sketch_seed(c.seed, round_index)).sketch(feats)
+
+
+def client_round(
+    model: SlotModel,
+    site: str,
+    slots: Sequence[ClientSlot],
+    start_vectors: Mapping[str, np.ndarray],
+    round_index: int,
+    plan: Plan,
+    *,
+    steps: int | None = None,
+) -> list[SlotResult]:
+    """Train every slot from its start vector; return new vectors, sketches and counts.
+
+    The model's slot names are the task names (a site holds each task once).
+    """
+    from fltac_secure.learning.train import train_slot
+
+    missing = [s.key for s in slots if s.key not in start_vectors]
+    if missing:
+        raise ValueError(f"no start vector for slot(s) {missing}; the server must send one per slot")
+    from fltac_secure.learning.adapters import get_slot_vector, set_slot_vector
+
+    vectors, feats, stats = [], [], []
+    lora_size = _lora_size(model)
+    for s in slots:
+        start = np.asarray(start_vectors[s.key], dtype=np.float32)
+        set_slot_vector(model, s.task, start)
+        seed = slot_seed(plan, site, s.task, round_index)
+        if plan.privacy.dp:  # DP-SGD + per-slot accounting and budget (fltac_secure.privacy)
+            from fltac_secure.privacy.dp import site_trainer
+
+            st = site_trainer(model, plan, site).train_slot(s.task, s.data, seed, round=round_index, steps=steps)
+        else:
+            st = train_slot(model, s.task, s.data, plan.training, seed, steps=steps)
+        vec = get_slot_vector(model, s.task)
+        vectors.append(vec)
+        feats.append(clustering_features(vec, start, lora_size, plan.clustering.features))
+        stats.append({k: float(v) for k, v in st.items() if isinstance(v, (int, float))})
+    sketches = sketch_features(plan, round_index, np.stack(feats)) if slots else np.zeros((0, 0))
+    return [SlotResult(s.key, v, sk, int(s.n_samples), st)
+            for s, v, sk, st in zip(slots, vectors, sketches, stats, strict=True)
+            if not st.get("stopped_on_budget")]  # a slot out of privacy budget stops contributing
+
+
+def _lora_size(model: SlotModel) -> int:
+    from fltac_secure.learning.adapters import model_layout
+
+    return model_layout(model).lora_size
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The server's answer after clustering: slot key -> stable cluster id, for one round."""
+
+    round: int
+    clusters: ClusterResult
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return self.clusters.labels
+
+
+@dataclass
+class ServerState:
+    """The aggregator's whole algorithmic state between rounds (what it checkpoints).
+
+    ``round``: the next round to run. ``vectors``: slot key -> the vector that
+    slot starts the next round from. ``cluster_vectors``: cluster id -> the
+    latest global adapter of that cluster. ``clusters``: the last clustering
+    (for stable ids).
+    """
+
+    round: int
+    k: int
+    vectors: dict[str, np.ndarray]
+    cluster_vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    clusters: ClusterResult | None = None
+
+    @classmethod
+    def initial(cls, plan: Plan, keys: Sequence[str], start: np.ndarray) -> ServerState:
+        """Round 0: every slot starts from the one common initial adapter."""
+        vec = np.asarray(start, dtype=np.float32)
+        return cls(round=0, k=plan.k, vectors={k: vec.copy() for k in keys})
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        """Flat named arrays (for safetensors): no pickle, keys readable, order irrelevant."""
+        out: dict[str, np.ndarray] = {"round": np.array([self.round], np.int64), "k": np.array([self.k], np.int64)}
+        out.update({f"vector/{key}": np.asarray(v, np.float32) for key, v in self.vectors.items()})
+        out.update({f"cluster_vector/{c}": np.asarray(v, np.float32) for c, v in self.cluster_vectors.items()})
+        if self.clusters is not None:
+            out.update({f"label/{key}": np.array([c], np.int64) for key, c in self.clusters.labels.items()})
+            out.update({f"centroid/{c}": np.asarray(v, np.float64) for c, v in self.clusters.centroids.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray]) -> ServerState:
+        """Inverse of ``to_tensors``; unknown names or malformed entries raise StateError."""
+        try:
+            rnd, k = int(np.asarray(tensors["round"]).item()), int(np.asarray(tensors["k"]).item())
+        except (KeyError, ValueError) as exc:
+            raise StateError("server checkpoint lacks a scalar 'round' or 'k'; it is not a ServerState") from exc
+        groups: dict[str, dict[str, np.ndarray]] = {"vector": {}, "cluster_vector": {}, "label": {}, "centroid": {}}
+        for name, arr in tensors.items():
+            if name in ("round", "k"):
+                continue
+            kind, _, key = name.partition("/")
+            if kind not in groups or not key:
+                raise StateError(f"unexpected tensor {name!r} in server checkpoint; it is corrupt or from another version")
+            groups[kind][key] = np.asarray(arr)
+        labels = {key: int(a.item()) for key, a in groups["label"].items()}
+        clusters = None
+        if labels or groups["centroid"]:
+            clusters = ClusterResult(k=k, labels=labels, centroids={_cid(c): a.copy() for c, a in groups["centroid"].items()})
+        return cls(
+            round=rnd,
+            k=k,
+            vectors={key: a.astype(np.float32) for key, a in groups["vector"].items()},
+            cluster_vectors={_cid(c): a.astype(np.float32) for c, a in sorted(groups["cluster_vector"].items())},
+            clusters=clusters,
+        )
+
+
+def _cid(text: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", text):
+        raise StateError(f"bad cluster id {text!r} in server checkpoint")
+    return int(text)
+
+
+def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: Plan) -> Assignment:
+    """Cluster this round's sketches; ids matched to the previous round's clusters."""
+    c = plan.clustering
+    result = cluster_sketches(
+        sketches,
+        plan.k,
+        normalize=c.normalize,
+        n_init=c.n_init,
+        seed=derive_seed("kmeans", c.seed, state.round),
+        previous=state.clusters,
+    )
+    return Assignment(round=state.round, clusters=result)
+
+
+def oracle_assign(state: ServerState, true_clusters: Mapping[str, int], plan: Plan) -> Assignment:
+    """The oracle baseline: the true task index of every slot instead of K-means."""
+    labels = {key: int(c) for key, c in true_clusters.items()}
+    bad = sorted({c for c in labels.values() if not 0 <= c < plan.k})
+    if bad:
+        raise ValueError(f"oracle cluster ids {bad} outside 0..{plan.k - 1}")
+    return Assignment(round=state.round, clusters=ClusterResult(k=plan.k, labels=labels))
+
+
+def server_aggregate(
+    state: ServerState,
+    assignment: Assignment,
+    vectors: Mapping[str, np.ndarray],
+    counts: Mapping[str, int],
+    plan: Plan,
+) -> ServerState:
+    """Average within clusters, give every participating slot its cluster's mean; next round's state.
+
+    Slots that did not take part this round keep their previous vector. The
+    input state is not modified.
+    """
+    if assignment.round != state.round:
+        raise StateError(f"assignment is for round {assignment.round} but the server is in round {state.round}")
+    means = cluster_means(vectors, assignment.labels, counts, plan.aggregation.weighting)
+    new_vectors = dict(state.vectors)
+    new_vectors.update(redistribute(means, assignment.labels))
+    return ServerState(
+        round=state.round + 1,
+        k=state.k,
+        vectors=new_vectors,
+        cluster_vectors={**state.cluster_vectors, **means},
+        clusters=assignment.clusters,
+    )

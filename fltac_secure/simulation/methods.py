@@ -1,0 +1,299 @@
+"""The compared methods, each a small class behind one interface and a registry.
+
+All methods train with the same ``train_slot`` and the same per-slot budget:
+``training.local_steps`` optimizer steps per task slot per round.
+
+- ``fltac``: one adapter per (site, task); sketches clustered by K-means,
+  averaged within clusters, redistributed (``federation.rounds``).
+- ``oracle``: the same with the true task ids instead of K-means (isolates
+  the clustering error).
+- ``fedit``: one shared adapter and one head of width sum(labels) per site,
+  trained on the site's tasks mixed (steps = local_steps x its number of
+  tasks, i.e. the steps of all its slots), FedAvg over sites.
+- ``local``: every slot trains alone, no federation.
+- ``central``: all training data of a task pooled, one adapter per task,
+  local_steps x (number of slots holding the task) steps per round, so it
+  spends the same compute per task as the federation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from fltac_secure.federation.rounds import (
+    ServerState,
+    client_round,
+    oracle_assign,
+    server_aggregate,
+    server_assign,
+    slot_seed,
+)
+from fltac_secure.learning.adapters import adapter_layout, initial_vector
+from fltac_secure.learning.aggregate import weighted_mean
+from fltac_secure.simulation.context import FEDIT_SLOT, SimContext
+
+if TYPE_CHECKING:
+    from fltac_secure.learning.model import SlotModel
+
+
+@dataclass
+class RoundOutcome:
+    """What a method reports about one round besides accuracy."""
+
+    up_params: int = 0
+    down_params: int = 0
+    train_loss: float = float("nan")
+    sketches: dict[str, np.ndarray] | None = None
+    labels: dict[str, int] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """One way of training the federation; state lives in vectors between rounds."""
+
+    name: ClassVar[str] = ""
+    federated: ClassVar[bool] = True
+
+    def __init__(self, ctx: SimContext) -> None:
+        self.ctx = ctx
+        self.init = initial_vector(ctx.plan, ctx.plan.training.seed)
+
+    @abstractmethod
+    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
+        """Train and (where federated) aggregate one round."""
+
+    @abstractmethod
+    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
+        """Per task: the adapter(s) to evaluate on its global test set, with weights."""
+
+    @abstractmethod
+    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per site and task: the adapter that site uses after the round."""
+
+    # evaluation plumbing (FedIT overrides) --------------------------------------
+    @property
+    def model(self) -> SlotModel:
+        return self.ctx.model
+
+    def eval_slot(self, task: str) -> tuple[str, tuple[int, int] | None]:
+        return task, None
+
+    @property
+    def fedit_encoding(self) -> bool:
+        return False
+
+    @property
+    def vector_size(self) -> int:
+        return adapter_layout(self.ctx.plan).size
+
+
+def _advance(progress: object) -> None:
+    if progress is not None:
+        progress()  # type: ignore[operator]
+
+
+class FLTAC(Method):
+    """FL-TAC: cluster the sketches, average within clusters."""
+
+    name = "fltac"
+
+    def __init__(self, ctx: SimContext) -> None:
+        super().__init__(ctx)
+        self.state = ServerState.initial(ctx.plan, list(ctx.key_task), self.init)
+
+    def assign(self, sketches: dict[str, np.ndarray]):  # noqa: ANN201 - Assignment
+        return server_assign(self.state, sketches, self.ctx.plan)
+
+    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
+        ctx, plan = self.ctx, self.ctx.plan
+        vectors, sketches, counts, losses = {}, {}, {}, []
+        for site in ctx.sites:
+            for res in client_round(ctx.model, site, ctx.slots_of(site), self.state.vectors, r, plan):
+                vectors[res.key], sketches[res.key], counts[res.key] = res.vector, res.sketch, res.n_samples
+                losses.append(res.stats.get("loss", np.nan))
+            _advance(progress)
+        assignment = self.assign(sketches)
+        self.state = server_aggregate(self.state, assignment, vectors, counts, plan)
+        n, d = len(vectors), self.vector_size
+        return RoundOutcome(
+            up_params=n * (d + self.sketch_params + 1),
+            down_params=n * (d + 1),
+            train_loss=float(np.nanmean(losses)),
+            sketches=sketches,
+            labels=dict(assignment.labels),
+        )
+
+    @property
+    def sketch_params(self) -> int:
+        return self.ctx.plan.clustering.sketch_dim
+
+    def cluster_for_task(self) -> dict[str, int]:
+        """Each task's cluster: the one holding most of the task's slots (ties: more samples)."""
+        labels = self.state.clusters.labels if self.state.clusters else {}
+        out = {}
+        for task in self.ctx.task_names:
+            tally: dict[int, tuple[int, int]] = {}
+            for key, cid in labels.items():
+                if self.ctx.key_task[key] == task:
+                    site = key.rsplit("/", 1)[0]
+                    c, w = tally.get(cid, (0, 0))
+                    tally[cid] = (c + 1, w + self.ctx.n_train(site, task))
+            if tally:
+                out[task] = max(tally, key=lambda c: (tally[c], -c))
+        return out
+
+    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
+        cmap = self.cluster_for_task()
+        return {t: [(self.state.cluster_vectors[c], 1)] if c in self.state.cluster_vectors else [(self.init, 1)]
+                for t, c in ((t, cmap.get(t, -1)) for t in self.ctx.task_names)}
+
+    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
+        return {s: {t: self.state.vectors[f"{s}/{i}"] for i, t in enumerate(ts)}
+                for s, ts in self.ctx.site_tasks.items()}
+
+
+class Oracle(FLTAC):
+    """FL-TAC with the true task ids as clusters."""
+
+    name = "oracle"
+
+    def assign(self, sketches: dict[str, np.ndarray]):  # noqa: ANN201
+        index = {t: i for i, t in enumerate(self.ctx.task_names)}
+        return oracle_assign(self.state, {k: index[self.ctx.key_task[k]] for k in sketches}, self.ctx.plan)
+
+    @property
+    def sketch_params(self) -> int:
+        return 1  # the task id instead of a sketch
+
+
+class Local(Method):
+    """Every slot trains on its own data only."""
+
+    name = "local"
+    federated = False
+
+    def __init__(self, ctx: SimContext) -> None:
+        super().__init__(ctx)
+        self.vectors = {k: self.init.copy() for k in ctx.key_task}
+
+    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
+        losses = []
+        for site in self.ctx.sites:
+            for res in client_round(self.ctx.model, site, self.ctx.slots_of(site), self.vectors, r, self.ctx.plan):
+                self.vectors[res.key] = res.vector
+                losses.append(res.stats.get("loss", np.nan))
+            _advance(progress)
+        return RoundOutcome(train_loss=float(np.nanmean(losses)))
+
+    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
+        out: dict[str, list[tuple[np.ndarray, int]]] = {t: [] for t in self.ctx.task_names}
+        for key, task in self.ctx.key_task.items():
+            out[task].append((self.vectors[key], self.ctx.n_train(key.rsplit("/", 1)[0], task)))
+        return out
+
+    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
+        return {s: {t: self.vectors[f"{s}/{i}"] for i, t in enumerate(ts)} for s, ts in self.ctx.site_tasks.items()}
+
+
+class Central(Method):
+    """All data of a task pooled in one place, one adapter per task."""
+
+    name = "central"
+    federated = False
+
+    def __init__(self, ctx: SimContext) -> None:
+        super().__init__(ctx)
+        self.vectors = {t: self.init.copy() for t in ctx.task_names}
+
+    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
+        from fltac_secure.federation.rounds import ClientSlot
+
+        ctx, losses = self.ctx, []
+        for task in ctx.task_names:
+            holders = sum(task in ts for ts in ctx.site_tasks.values())
+            if holders == 0:
+                continue
+            data = ctx.encoded_pooled(task)
+            slot = ClientSlot(f"central/{task}", task, data, len(data))
+            steps = ctx.plan.training.local_steps * holders
+            (res,) = client_round(ctx.model, "central", [slot], {slot.key: self.vectors[task]}, r, ctx.plan, steps=steps)
+            self.vectors[task] = res.vector
+            losses.append(res.stats.get("loss", np.nan))
+        _advance(progress)
+        return RoundOutcome(train_loss=float(np.nanmean(losses)))
+
+    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
+        return {t: [(v, 1)] for t, v in self.vectors.items()}
+
+    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
+        return {s: {t: self.vectors[t] for t in ts} for s, ts in self.ctx.site_tasks.items()}
+
+
+class FedIT(Method):
+    """One shared adapter (+ a head over all tasks' labels) per site, FedAvg over sites."""
+
+    name = "fedit"
+
+    def __init__(self, ctx: SimContext) -> None:
+        self.ctx = ctx
+        self.init = initial_vector(ctx.plan, ctx.plan.training.seed, head_width=ctx.fedit_width)
+        self.vector = self.init.copy()
+
+    @property
+    def model(self) -> SlotModel:
+        return self.ctx.fedit_model
+
+    def eval_slot(self, task: str) -> tuple[str, tuple[int, int] | None]:
+        return FEDIT_SLOT, self.ctx.offsets[task]
+
+    @property
+    def fedit_encoding(self) -> bool:
+        return True
+
+    @property
+    def vector_size(self) -> int:
+        return adapter_layout(self.ctx.plan, head_width=self.ctx.fedit_width).size
+
+    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
+        from fltac_secure.learning.adapters import get_slot_vector, set_slot_vector
+        from fltac_secure.learning.train import train_slot
+
+        ctx, plan = self.ctx, self.ctx.plan
+        vecs, counts, losses = [], [], []
+        for site in ctx.sites:
+            set_slot_vector(self.model, FEDIT_SLOT, self.vector)
+            steps = plan.training.local_steps * len(ctx.site_tasks[site])
+            st = train_slot(self.model, FEDIT_SLOT, ctx.encoded_fedit_train(site), plan.training,
+                            slot_seed(plan, site, FEDIT_SLOT, r), steps=steps)
+            vecs.append(get_slot_vector(self.model, FEDIT_SLOT))
+            counts.append(ctx.n_train(site))
+            losses.append(float(st["loss"]))
+            _advance(progress)
+        self.vector = weighted_mean(vecs, counts, plan.aggregation.weighting)
+        n, d = len(vecs), self.vector_size
+        return RoundOutcome(up_params=n * (d + 1), down_params=n * d, train_loss=float(np.mean(losses)))
+
+    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
+        return {t: [(self.vector, 1)] for t in self.ctx.task_names}
+
+    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
+        return {s: {t: self.vector for t in ts} for s, ts in self.ctx.site_tasks.items()}
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add a method under ``cls.name``; duplicates are refused."""
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+for _cls in (FLTAC, Oracle, FedIT, Local, Central):
+    register_method(_cls)

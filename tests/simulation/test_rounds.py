@@ -1,0 +1,79 @@
+"""Round functions: server state round trip, assignment and aggregation, seeded client rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from fltac_secure.errors import StateError
+from fltac_secure.federation.rounds import (
+    ServerState,
+    clustering_features,
+    oracle_assign,
+    server_aggregate,
+    server_assign,
+    slot_seed,
+)
+
+
+@pytest.fixture
+def state_and_sketches(plan_factory):  # noqa: ANN001, ANN201
+    plan = plan_factory(sketch_dim=8, normalize=False)
+    rng = np.random.default_rng(0)
+    keys = [f"s{i}/{j}" for i in range(4) for j in range(3)]
+    state = ServerState.initial(plan, keys, np.zeros(5, np.float32))
+    centres = rng.standard_normal((3, 8)) * 10
+    sketches = {k: centres[int(k[-1])] + rng.standard_normal(8) * 0.1 for k in keys}
+    return plan, state, sketches
+
+
+def test_assign_aggregate_and_round_trip(state_and_sketches) -> None:  # noqa: ANN001
+    plan, state, sketches = state_and_sketches
+    a = server_assign(state, sketches, plan)
+    assert len(set(a.labels.values())) == 3
+    assert all(a.labels[k] == a.labels[k[:-1] + "0"] for k in sketches if k.endswith("/0"))
+    vectors = {k: np.full(5, float(k[-1]) + (1 if k.startswith("s0") else 0), np.float32) for k in sketches}
+    counts = {k: 3 if k.startswith("s0") else 1 for k in sketches}
+    new = server_aggregate(state, a, vectors, counts, plan)
+    assert new.round == 1 and state.round == 0
+    # cluster of task j: s0 holds j+1 with weight 3, three others hold j with weight 1 -> j + 0.5
+    for k in sketches:
+        np.testing.assert_allclose(new.vectors[k], float(k[-1]) + 0.5)
+    back = ServerState.from_tensors(load(save(new.to_tensors())))
+    assert back.round == 1 and back.k == new.k
+    assert back.clusters is not None and back.clusters.labels == new.clusters.labels
+    for k in new.vectors:
+        np.testing.assert_array_equal(back.vectors[k], new.vectors[k])
+    for c in new.cluster_vectors:
+        np.testing.assert_array_equal(back.cluster_vectors[c], new.cluster_vectors[c])
+    # next round keeps the ids
+    again = server_assign(back, {k: v * 2 for k, v in sketches.items()}, plan)
+    assert again.labels == a.labels
+
+
+def test_state_refuses_foreign_tensors_and_stale_assignment(state_and_sketches) -> None:  # noqa: ANN001
+    plan, state, sketches = state_and_sketches
+    bad = state.to_tensors()
+    bad["evil/x"] = np.zeros(1)
+    with pytest.raises(StateError, match="unexpected tensor"):
+        ServerState.from_tensors(bad)
+    with pytest.raises(StateError, match="round"):
+        ServerState.from_tensors({"k": np.array([3])})
+    a = server_assign(state, sketches, plan)
+    later = ServerState(round=1, k=3, vectors=state.vectors)
+    with pytest.raises(StateError, match="round 0"):
+        server_aggregate(later, a, {}, {}, plan)
+
+
+def test_oracle_and_features_and_seeds(state_and_sketches) -> None:  # noqa: ANN001
+    plan, state, _ = state_and_sketches
+    assert oracle_assign(state, {"s0/0": 2}, plan).labels == {"s0/0": 2}
+    with pytest.raises(ValueError, match="outside"):
+        oracle_assign(state, {"s0/0": 7}, plan)
+    v, s = np.arange(6.0), np.ones(6)
+    np.testing.assert_array_equal(clustering_features(v, s, 4, "lora"), v[:4])
+    np.testing.assert_array_equal(clustering_features(v, s, 4, "delta"), v - 1)
+    np.testing.assert_array_equal(clustering_features(v, s, 4, "full"), v)
+    assert slot_seed(plan, "s1", "a", 0) == slot_seed(plan, "s1", "a", 0) != slot_seed(plan, "s1", "a", 1)
+    assert slot_seed(plan, "s1", "a", 0) != slot_seed(plan, "s2", "a", 0)
