@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fltac_secure.atomic import atomic_write_text
 from fltac_secure.data.dataset import TaskDataset
 from fltac_secure.errors import DataError
 from fltac_secure.plan.schema import Task
@@ -107,25 +107,6 @@ def load_task_file(path: Path, task: Task, text_column: str = "text", label_colu
             f"{task.labels} (e.g. {', '.join(uniq[:5])}); fix the file or the plan's task labels"
         )
     return TaskDataset(task.name, list(texts), np.asarray(ids, dtype=np.int64))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) so that ``path`` is either the old file or the whole new one.
-
-    Temp file in the same folder, fsync, rename: a crash never leaves half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def task_csv_text(ds: TaskDataset, task: Task, rows: Iterable[int] | None = None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from fltac_secure.data.layout import AGGREGATOR, SITE_FILE, TEST_DIR, prepare_demo
-from fltac_secure.federation.storage import atomic_write_bytes
+from fltac_secure.atomic import atomic_write_bytes
 from fltac_secure.plan import Plan
 
 

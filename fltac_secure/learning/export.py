@@ -18,8 +18,6 @@ Every file is written atomically (temp file, fsync, rename) and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file as load_np
 from safetensors.torch import save as save_torch_bytes
 
+from fltac_secure.atomic import atomic_write_bytes
 from fltac_secure.errors import ConfigError, StateError
 from fltac_secure.learning.adapters import HEAD_NAMES, model_layout, set_slot_vector, tensors_to_vector
 from fltac_secure.learning.model import SlotModel
@@ -36,20 +35,6 @@ if TYPE_CHECKING:
 
 FORMAT = "fltac-adapter/1"
 PEFT_PREFIX = "base_model.model."
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _adapter_config(model: SlotModel) -> dict[str, Any]:
@@ -78,10 +63,10 @@ def export_peft(model: SlotModel, slot: str, out_dir: Path, *, task: Task | None
         "target_modules": sorted(model.lora.target_modules), "pooling": "mean",
         "layout": [[n, list(s)] for n, s in layout.entries], "adapter_size": layout.size,
     }
-    _atomic_write(out_dir / "adapter_config.json", json.dumps(_adapter_config(model), indent=2).encode())
-    _atomic_write(out_dir / "adapter_model.safetensors", save_torch_bytes(lora, metadata={"format": "pt"}))
-    _atomic_write(out_dir / "head.safetensors", save_torch_bytes(head, metadata={"format": "pt"}))
-    _atomic_write(out_dir / "fltac.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(out_dir / "adapter_config.json", json.dumps(_adapter_config(model), indent=2).encode())
+    atomic_write_bytes(out_dir / "adapter_model.safetensors", save_torch_bytes(lora, metadata={"format": "pt"}))
+    atomic_write_bytes(out_dir / "head.safetensors", save_torch_bytes(head, metadata={"format": "pt"}))
+    atomic_write_bytes(out_dir / "fltac.json", json.dumps(meta, indent=2).encode())
     return out_dir
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fltac_secure.atomic import atomic_write_bytes
 from fltac_secure.errors import PKIError
 
 KEY_MODE = 0o600
@@ -55,19 +55,8 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: boo
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic write of public PKI material (certificates, CSRs, CRL, index): world-readable."""
+    atomic_write_bytes(path, data, mode=mode)
 
 
 def read_bytes(path: Path, what: str) -> bytes:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fltac_secure.atomic import atomic_write_text
 from fltac_secure.errors import PrivacyError
 from fltac_secure.privacy.accounting import ACCOUNTANTS, SlotAccountant
 
@@ -64,25 +63,6 @@ class SlotRecord:
     @property
     def epsilon(self) -> float:
         return self.rounds[-1].epsilon if self.rounds else 0.0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class PrivacyLedger:
@@ -198,7 +178,7 @@ class PrivacyLedger:
     def save(self) -> None:
         """Write atomically to ``self.path`` (no-op for an in-memory ledger)."""
         if self.path is not None:
-            _atomic_write(self.path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+            atomic_write_text(self.path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 def _slot_from_json(raw: dict[str, Any], delta: float, where: str) -> SlotRecord:
