@@ -14,6 +14,7 @@ what it measured; ``--only`` re-runs chosen variants and merges them in.
     .venv/bin/python benchmarks/accuracy.py            # full (about an hour)
     .venv/bin/python benchmarks/accuracy.py --quick    # smoke run
     .venv/bin/python benchmarks/accuracy.py --only fltac-r1,fedit-r1
+    .venv/bin/python benchmarks/accuracy.py --resume   # run only the variants not saved yet
 
 Writes benchmarks/results/accuracy.{json,md}, accuracy.png (accuracy per
 round, all variants) and accuracy_clusters_<variant>.png.
@@ -31,11 +32,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = {  # name -> (method, rank)
-    "fltac-r1": ("fltac", 1), "fltac-r4": ("fltac", 4), "fedit-r1": ("fedit", 1), "fedit-r8": ("fedit", 8),
-    "oracle-r1": ("oracle", 1), "local-r1": ("local", 1), "central-r1": ("central", 1),
+VARIANTS = {  # name -> (method, rank), in run order (most important first)
+    "fltac-r1": ("fltac", 1), "fedit-r1": ("fedit", 1), "central-r1": ("central", 1), "oracle-r1": ("oracle", 1),
+    "fltac-r4": ("fltac", 4), "fedit-r8": ("fedit", 8), "local-r1": ("local", 1),
 }
-FULL = {"rounds": 6, "local_steps": 10, "max_seq_length": 48, "batch_size": 16, "max_examples": 3000, "test_cap": 400}
+FULL = {"rounds": 5, "local_steps": 10, "max_seq_length": 40, "batch_size": 16, "max_examples": 2000, "test_cap": 300}
 QUICK = {"rounds": 2, "local_steps": 3, "max_seq_length": 32, "batch_size": 8, "max_examples": 600, "test_cap": 60}
 
 
@@ -134,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="FL-TAC accuracy benchmark (see module doc)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, minutes")
     ap.add_argument("--only", default="", help="comma-separated variants to (re)run; merged into saved results")
+    ap.add_argument("--resume", action="store_true", help="keep saved variants of the same setup, run the rest")
     ap.add_argument("--plan", type=Path, default=ROOT / "plans" / "bench-4task.yaml")
     ap.add_argument("--features", choices=["full", "lora", "delta"], default=None, help="override clustering.features")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-accuracy")
@@ -167,8 +169,14 @@ def main() -> None:
     }
     saved = RESULTS / "accuracy.json"
     results: dict[str, Any] = {}
-    if args.only and saved.exists():
-        results = json.loads(saved.read_text())["variants"]
+    if (args.only or args.resume) and saved.exists():
+        old = json.loads(saved.read_text())
+        if old["meta"]["setup"] == meta["setup"]:
+            results = old["variants"]
+        elif args.resume:
+            raise SystemExit("saved results are from another setup; run without --resume")
+    if args.resume:
+        names = [n for n in names if n not in results]
     contexts: dict[int, Any] = {}
     for name in names:
         plan = make_plan(args.plan, size, VARIANTS[name][1], args.features)

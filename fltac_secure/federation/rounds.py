@@ -118,34 +118,44 @@ def client_round(
     """Train every slot from its start vector; return new vectors, sketches and counts.
 
     The model's slot names are the task names (a site holds each task once).
+    With ``privacy.dp`` on, each slot trains with DP-SGD through the site's
+    ``DPTrainer`` (one accountant per slot); a slot whose next round would
+    exceed its budget is left out of the results: it sends nothing more.
     """
-    from fltac_secure.learning.train import train_slot
-
     missing = [s.key for s in slots if s.key not in start_vectors]
     if missing:
         raise ValueError(f"no start vector for slot(s) {missing}; the server must send one per slot")
     from fltac_secure.learning.adapters import get_slot_vector, set_slot_vector
 
-    vectors, feats, stats = [], [], []
+    kept, vectors, feats, stats = [], [], [], []
     lora_size = _lora_size(model)
     for s in slots:
         start = np.asarray(start_vectors[s.key], dtype=np.float32)
         set_slot_vector(model, s.task, start)
-        seed = slot_seed(plan, site, s.task, round_index)
-        if plan.privacy.dp:  # DP-SGD + per-slot accounting and budget (fltac_secure.privacy)
-            from fltac_secure.privacy.dp import site_trainer
-
-            st = site_trainer(model, plan, site).train_slot(s.task, s.data, seed, round=round_index, steps=steps)
-        else:
-            st = train_slot(model, s.task, s.data, plan.training, seed, steps=steps)
+        st = _train_one(model, site, s, round_index, plan, steps)
+        if st.get("stopped_on_budget"):
+            continue
         vec = get_slot_vector(model, s.task)
+        kept.append(s)
         vectors.append(vec)
         feats.append(clustering_features(vec, start, lora_size, plan.clustering.features))
         stats.append({k: float(v) for k, v in st.items() if isinstance(v, (int, float))})
-    sketches = sketch_features(plan, round_index, np.stack(feats)) if slots else np.zeros((0, 0))
+    sketches = sketch_features(plan, round_index, np.stack(feats)) if kept else np.zeros((0, 0))
     return [SlotResult(s.key, v, sk, int(s.n_samples), st)
-            for s, v, sk, st in zip(slots, vectors, sketches, stats, strict=True)
-            if not st.get("stopped_on_budget")]  # a slot out of privacy budget stops contributing
+            for s, v, sk, st in zip(kept, vectors, sketches, stats, strict=True)]
+
+
+def _train_one(model: SlotModel, site: str, s: ClientSlot, round_index: int, plan: Plan,
+               steps: int | None) -> dict[str, Any]:
+    """One slot's local training: plain AdamW, or DP-SGD when the plan asks for it."""
+    seed = slot_seed(plan, site, s.task, round_index)
+    if plan.privacy.dp:
+        from fltac_secure.privacy.dp import site_trainer
+
+        return site_trainer(model, plan, site).train_slot(s.task, s.data, seed, round=round_index, steps=steps)
+    from fltac_secure.learning.train import train_slot
+
+    return train_slot(model, s.task, s.data, plan.training, seed, steps=steps)
 
 
 def _lora_size(model: SlotModel) -> int:
