@@ -46,9 +46,9 @@ __all__ = [
     "oracle_assign",
     "server_aggregate",
     "server_assign",
+    "sketch_features",
     "slot_key",
     "slot_seed",
-    "sketch_features",
 ]
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from fltac_secure.federation.rounds import (
+    Assignment,
     ServerState,
     client_round,
     oracle_assign,
@@ -105,7 +106,7 @@ class FLTAC(Method):
         super().__init__(ctx)
         self.state = ServerState.initial(ctx.plan, list(ctx.key_task), self.init)
 
-    def assign(self, sketches: dict[str, np.ndarray]):  # noqa: ANN201 - Assignment
+    def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
         return server_assign(self.state, sketches, self.ctx.plan)
 
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
@@ -161,7 +162,7 @@ class Oracle(FLTAC):
 
     name = "oracle"
 
-    def assign(self, sketches: dict[str, np.ndarray]):  # noqa: ANN201
+    def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
         index = {t: i for i, t in enumerate(self.ctx.task_names)}
         return oracle_assign(self.state, {k: index[self.ctx.key_task[k]] for k in sketches}, self.ctx.plan)
 

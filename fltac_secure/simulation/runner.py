@@ -19,9 +19,18 @@ import numpy as np
 
 from fltac_secure.errors import ConfigError
 from fltac_secure.simulation.context import SimContext
-from fltac_secure.simulation.evaluate import clustering_metrics, site_metrics, task_metrics
+from fltac_secure.simulation.evaluate import (
+    clustering_metrics,
+    site_metrics,
+    task_metrics,
+)
 from fltac_secure.simulation.methods import METHODS, Method
-from fltac_secure.simulation.report import export_adapters, final_table, plot_accuracy, plot_clusters
+from fltac_secure.simulation.report import (
+    export_adapters,
+    final_table,
+    plot_accuracy,
+    plot_clusters,
+)
 
 if TYPE_CHECKING:
     from fltac_secure.data import FederatedData
@@ -127,7 +136,13 @@ def _progress(enabled: bool, label: str, total: int) -> Any:
         return nullcontext(lambda: None)
     from contextlib import contextmanager
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     @contextmanager
     def bar() -> Any:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from fltac_secure.learning.sketch import (
     BLOCK_ROWS,
+    RademacherSketcher,
     available_sketchers,
     make_sketcher,
     register_sketcher,
     round_sketch_seed,
-    RademacherSketcher,
 )
 
 KINDS = ["rademacher", "gaussian"]
@@ -65,7 +66,7 @@ def test_chunked_equals_explicit_matrix(kind: str) -> None:
     explicit = x.astype(np.float64) @ sk.matrix(d).astype(np.float64)
     np.testing.assert_allclose(whole, explicit, rtol=1e-4, atol=1e-3)
     cuts = [0, 5, BLOCK_ROWS - 1, BLOCK_ROWS + 10, 2 * BLOCK_ROWS, d]
-    parts = [x[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    parts = [x[:, a:b] for a, b in pairwise(cuts)]
     np.testing.assert_allclose(sk.sketch_parts(parts), whole, rtol=1e-5, atol=1e-4)
     # a prefix's projection does not depend on the total length
     np.testing.assert_allclose(sk.sketch(x[:, :100]), x[:, :100].astype(np.float64) @ sk.matrix(100), atol=1e-4)

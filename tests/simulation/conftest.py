@@ -46,7 +46,7 @@ def tiny_plan(rounds: int = 3, **clustering: object) -> Plan:
 
 
 @pytest.fixture(scope="session")
-def plan_factory():  # noqa: ANN201 - the tiny_plan function
+def plan_factory():
     return tiny_plan
 
 
@@ -56,5 +56,5 @@ def plan() -> Plan:
 
 
 @pytest.fixture(scope="module")
-def data(plan: Plan):  # noqa: ANN201 - FederatedData
+def data(plan: Plan):
     return build_federated_data(plan, loader=keyword_loader)

@@ -18,7 +18,7 @@ from fltac_secure.federation.rounds import (
 
 
 @pytest.fixture
-def state_and_sketches(plan_factory):  # noqa: ANN001, ANN201
+def state_and_sketches(plan_factory):
     plan = plan_factory(sketch_dim=8, normalize=False)
     rng = np.random.default_rng(0)
     keys = [f"s{i}/{j}" for i in range(4) for j in range(3)]
@@ -28,7 +28,7 @@ def state_and_sketches(plan_factory):  # noqa: ANN001, ANN201
     return plan, state, sketches
 
 
-def test_assign_aggregate_and_round_trip(state_and_sketches) -> None:  # noqa: ANN001
+def test_assign_aggregate_and_round_trip(state_and_sketches) -> None:
     plan, state, sketches = state_and_sketches
     a = server_assign(state, sketches, plan)
     assert len(set(a.labels.values())) == 3
@@ -52,7 +52,7 @@ def test_assign_aggregate_and_round_trip(state_and_sketches) -> None:  # noqa: A
     assert again.labels == a.labels
 
 
-def test_state_refuses_foreign_tensors_and_stale_assignment(state_and_sketches) -> None:  # noqa: ANN001
+def test_state_refuses_foreign_tensors_and_stale_assignment(state_and_sketches) -> None:
     plan, state, sketches = state_and_sketches
     bad = state.to_tensors()
     bad["evil/x"] = np.zeros(1)
@@ -66,7 +66,7 @@ def test_state_refuses_foreign_tensors_and_stale_assignment(state_and_sketches) 
         server_aggregate(later, a, {}, {}, plan)
 
 
-def test_oracle_and_features_and_seeds(state_and_sketches) -> None:  # noqa: ANN001
+def test_oracle_and_features_and_seeds(state_and_sketches) -> None:
     plan, state, _ = state_and_sketches
     assert oracle_assign(state, {"s0/0": 2}, plan).labels == {"s0/0": 2}
     with pytest.raises(ValueError, match="outside"):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from fltac_secure.errors import ConfigError
 from fltac_secure.learning.export import load_exported
@@ -16,13 +14,13 @@ from fltac_secure.simulation import SimContext, simulate
 
 
 @pytest.fixture(scope="module")
-def runs(plan, data, tmp_path_factory):  # noqa: ANN001, ANN201
+def runs(plan, data, tmp_path_factory):
     ctx = SimContext(plan, data)
     root = tmp_path_factory.mktemp("sim")
     return {m: simulate(plan, data, m, root / m, progress=False, context=ctx) for m in ("fltac", "fedit")}
 
 
-def test_fltac_separates_tasks_and_beats_fedit(runs) -> None:  # noqa: ANN001
+def test_fltac_separates_tasks_and_beats_fedit(runs) -> None:
     fltac, fedit = runs["fltac"], runs["fedit"]
     assert [r["ari"] for r in fltac.rounds] == [1.0, 1.0, 1.0]
     assert all(r["nmi"] == pytest.approx(1.0) for r in fltac.rounds)
@@ -33,7 +31,7 @@ def test_fltac_separates_tasks_and_beats_fedit(runs) -> None:  # noqa: ANN001
     assert all(r["cluster_tasks"] == first for r in fltac.rounds)
 
 
-def test_metrics_file_and_outputs(runs) -> None:  # noqa: ANN001
+def test_metrics_file_and_outputs(runs) -> None:
     res = runs["fltac"]
     lines = [json.loads(x) for x in (res.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [0, 1, 2]
@@ -46,7 +44,7 @@ def test_metrics_file_and_outputs(runs) -> None:  # noqa: ANN001
     assert runs["fedit"].rounds[-1]["up_params"] < rec["up_params"]  # one adapter per site, not per slot
 
 
-def test_exported_adapters_load_back_with_same_accuracy(runs, plan, data) -> None:  # noqa: ANN001
+def test_exported_adapters_load_back_with_same_accuracy(runs, plan, data) -> None:
     res = runs["fltac"]
     model = load_exported(Path(res.adapters["c"]), plan)
     slot = model.slots[0]
@@ -55,7 +53,7 @@ def test_exported_adapters_load_back_with_same_accuracy(runs, plan, data) -> Non
     assert got["accuracy"] == pytest.approx(res.final["tasks"]["c"]["accuracy"])
 
 
-def test_oracle_local_central_run(plan, data, tmp_path) -> None:  # noqa: ANN001
+def test_oracle_local_central_run(plan, data, tmp_path) -> None:
     from fltac_secure.simulation.runner import simulate as sim
 
     small = plan.model_copy(update={"rounds": 1})
@@ -67,6 +65,6 @@ def test_oracle_local_central_run(plan, data, tmp_path) -> None:  # noqa: ANN001
         assert (r.rounds[0]["up_params"] == 0) == (m != "oracle")
 
 
-def test_unknown_method_is_refused(plan, data, tmp_path) -> None:  # noqa: ANN001
+def test_unknown_method_is_refused(plan, data, tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown method"):
         simulate(plan, data, "fedprox", tmp_path, progress=False)
