@@ -160,7 +160,8 @@ def main() -> None:
                  f"{size['local_steps']} local steps per slot per round, batch {size['batch_size']}, "
                  f"max {size['max_seq_length']} tokens, <= {size['max_examples']} examples per task, "
                  f"global test sets capped at {size['test_cap']} per task, lr {base_plan.training.learning_rate}, "
-                 f"clustering features {base_plan.clustering.features}, normalize {base_plan.clustering.normalize}, "
+                 f"clustering features {base_plan.clustering.features}, center {base_plan.clustering.center}, "
+                 f"normalize {base_plan.clustering.normalize}, "
                  f"sketch dim {base_plan.clustering.sketch_dim}; slots: "
                  f"{sum(len(v) for v in data.train.values())}",
         "command": "python benchmarks/accuracy.py" + (" --quick" if args.quick else "")

@@ -249,6 +249,7 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         sketches,
         plan.k,
         normalize=c.normalize,
+        center=c.center,
         n_init=c.n_init,
         seed=derive_seed("kmeans", c.seed, state.round),
         previous=state.clusters,

@@ -65,13 +65,18 @@ def cluster_sketches(
     k: int,
     *,
     normalize: bool = True,
+    center: bool = False,
     n_init: int = 10,
     seed: int = 0,
     previous: ClusterResult | None = None,
 ) -> ClusterResult:
     """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
 
-    ``sketches`` maps slot key -> 1-D sketch (all the same length). The
+    ``sketches`` maps slot key -> 1-D sketch (all the same length).
+    ``center`` subtracts the mean sketch first (sketches are linear, so this
+    is the sketch of the centred vectors): the common starting adapter and
+    drift shared by all tasks cancel, which makes ``full`` features as
+    informative as deltas in round 0 and keeps them stable later. The
     K-means run is seeded by ``seed`` (the caller derives it from the plan
     and the round) so every replay of a round gives the same clusters.
     """
@@ -81,6 +86,8 @@ def cluster_sketches(
     if not keys:
         return ClusterResult(k=k)
     x = _stack(keys, sketches)
+    if center and x.shape[0] > 1:
+        x = x - x.mean(axis=0, keepdims=True)
     if normalize:
         x = normalize_rows(x)
     raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)

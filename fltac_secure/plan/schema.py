@@ -75,6 +75,11 @@ class Clustering(Strict):
     seed: int = Field(default=0, ge=0, description="Seed from which each round's projection seed is derived.")
     n_init: int = Field(default=10, ge=1, le=1000, description="K-means restarts per round.")
     normalize: bool = Field(default=True, description="L2-normalise sketches before K-means.")
+    center: bool = Field(
+        default=True,
+        description="Subtract the round's mean sketch before normalising, so what every adapter shares "
+        "(the common start, drift common to all tasks) cancels and only task differences are clustered.",
+    )
     features: Literal["full", "lora", "delta"] = Field(
         default="delta",
         description="What is sketched: the full adapter vector, its LoRA part only, or its change "

@@ -83,3 +83,14 @@ def test_refuses_non_finite_and_ragged() -> None:
         cluster_sketches({"a": np.zeros(2), "b": np.zeros(3)}, 2)
     with pytest.raises(ValueError, match="k must be"):
         cluster_sketches({"a": np.zeros(2)}, 0)
+
+
+def test_centering_makes_clustering_translation_invariant() -> None:
+    sk, truth = _planted(3, 5, dim=16, seed=4)
+    offset = np.random.default_rng(1).standard_normal(16) * 1e4
+    moved = {k: v + offset for k, v in sk.items()}
+    keys = list(sk)
+    a = cluster_sketches(sk, 3, center=True, seed=0)
+    b = cluster_sketches(moved, 3, center=True, seed=0)
+    assert [a.labels[k] for k in keys] == [b.labels[k] for k in keys]
+    assert adjusted_rand_score([truth[k] for k in keys], [b.labels[k] for k in keys]) == 1.0
