@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run with tiny sizes")
     ap.add_argument("--timing", action="store_true", help="only the step-time part")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override a size setting (repeatable), keys: {', '.join(SIZE)}")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-dp")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -183,11 +185,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    size = QUICK if args.quick else SIZE
+    size = dict(QUICK if args.quick else SIZE)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in size or not value:
+            ap.error(f"--set {item!r}: use KEY=VALUE with KEY one of {', '.join(size)}")
+        size[key] = type(size[key])(value)
     res: dict[str, Any] = {"meta": {
         "setup": f"reduced bench-4task: {size}; FL-TAC rank 1; delta 1e-5, clip 1.0, RDP, noise from the target "
                  "over all planned rounds per slot; accuracy = global test sets (capped) after the last round",
-        "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --timing" if args.timing else ""),
+        "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --timing" if args.timing else "")
+                   + "".join(f" --set {x}" for x in args.set),
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, shared with other jobs"}}
     res["timing"] = step_times(size)
     print(f"timing: {res['timing']}", flush=True)
