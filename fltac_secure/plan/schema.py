@@ -81,9 +81,10 @@ class Clustering(Strict):
         "(the common start, drift common to all tasks) cancels and only task differences are clustered.",
     )
     features: Literal["full", "lora", "delta"] = Field(
-        default="delta",
-        description="What is sketched: the full adapter vector, its LoRA part only, or its change "
-        "during this round's local training (delta from the round's start).",
+        default="full",
+        description="What is sketched: the full adapter vector (the paper's choice; clusters stay stable "
+        "because members share their cluster's start), its LoRA part only, or its change during this "
+        "round's local training (delta from the round's start; drifts apart as training converges).",
     )
 
 
