@@ -37,8 +37,13 @@ def audit(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     csv_out: bool = typer.Option(False, "--csv", help="Print the grouped totals as CSV."),
 ) -> None:
-    """Count exactly what crossed the wire (tensor elements, payload and wire bytes) by round,
-    site, direction or message kind, against what FedIT and full fine-tuning would have sent."""
+    """Count what crossed the wire, by round, site, direction or kind, against FedIT and full fine-tuning.
+
+    From the workspace's ledger: messages, parameters (tensor elements), payload
+    bytes and bytes on the wire; then what FedIT (one shared adapter at the
+    --compare rank) and full fine-tuning would have moved for the same
+    (round, site) participations.
+    """
     if by not in GROUPINGS:
         raise ConfigError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
     if json_out and csv_out:

@@ -51,8 +51,12 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder at the end."),
     base: str | None = typer.Option(None, "--base", hidden=True, help="Base model override (tests: tiny-bert)."),
 ) -> None:
-    """Run a whole federation on this machine: a CA, enrolled sites, demo data, the aggregator and the
-    sites as separate processes over mutual TLS on loopback; then per-task accuracy and the audit."""
+    """Run a whole federation on this machine, then show per-task accuracy and the audit.
+
+    Makes a CA, enrolls the aggregator and every site through the real CSR +
+    fingerprint flow, splits the shipped data over the sites, and starts the
+    aggregator and the sites as separate processes over mutual TLS on loopback.
+    """
     from fltac_secure.federation.demo import build_federation
     from fltac_secure.federation.demo_run import cluster_check, evaluate_final, run_processes
 
