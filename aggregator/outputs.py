@@ -103,7 +103,7 @@ def plot_clusters(workspace: Path) -> Path | None:
         ax.set_title(f"round {r}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Adapter sketches (PCA), coloured by cluster")
+    fig.suptitle("Adapter sketches (PCA), coloured by cluster (the aggregator never sees task names)")
     fig.tight_layout()
     path = Path(workspace) / OUT / "clusters.png"
     fig.savefig(path, dpi=90)

@@ -165,6 +165,7 @@ class SiteWorkspace:
             xs = sorted(pts)
             ax.plot([x + 1 for x in xs], [pts[x] for x in xs], marker="o", label=task)
         ax.set_xlabel("rounds completed")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_ylabel("local test accuracy")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
