@@ -117,26 +117,33 @@ class Comparison:
 def compare(entries: Sequence[LedgerEntry], roster: Sequence[str], sizes: ModelSizes) -> Comparison:
     """Actual parameters up/down against FedIT and full fine-tuning for the same participations.
 
-    "up" is collaborator -> aggregator. Each participation of FedIT or full
-    fine-tuning moves one model down and one model up.
+    "up" is collaborator -> aggregator. For every (round, site) pair in which
+    parameters went up, FedIT and full fine-tuning would have sent one model
+    up; for every pair in which parameters came down (including the final
+    hand-out after the last round), one model down.
     """
     agg_side = all(e.peer in roster for e in entries) and bool(entries)
     up = down = 0
+    up_pairs: set[tuple[int, str]] = set()
+    down_pairs: set[tuple[int, str]] = set()
     for e in entries:
-        outgoing = e.direction == "sent"
-        is_up = (not outgoing) if agg_side else outgoing
+        is_up = (e.direction != "sent") if agg_side else (e.direction == "sent")
+        pair = (e.round, collaborator_of(e, roster))
         if is_up:
             up += e.elements
+            if e.elements:
+                up_pairs.add(pair)
         else:
             down += e.elements
-    n = len(participations(entries, roster))
+            if e.elements:
+                down_pairs.add(pair)
     return Comparison(
-        participations=n,
+        participations=len(participations(entries, roster)),
         actual_up=up,
         actual_down=down,
-        fedit_up=n * sizes.fedit_adapter,
-        fedit_down=n * sizes.fedit_adapter,
-        full_up=n * sizes.full_model,
-        full_down=n * sizes.full_model,
+        fedit_up=len(up_pairs) * sizes.fedit_adapter,
+        fedit_down=len(down_pairs) * sizes.fedit_adapter,
+        full_up=len(up_pairs) * sizes.full_model,
+        full_down=len(down_pairs) * sizes.full_model,
         sizes=sizes,
     )

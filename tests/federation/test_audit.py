@@ -80,6 +80,20 @@ def test_comparison_matches_hand_computation(tmp_path):
     assert d["ratio_fltac_to_fedit"] == pytest.approx((4 * 2128 + 4 * 2002) / (8 * 8000))
 
 
+def test_final_handout_counts_one_more_download_only(tmp_path):
+    path = aggregator_ledger(tmp_path)
+    led = Ledger(path, site="aggregator")
+    for site in ROSTER:
+        led.record(ev(site, "sent", "FINAL", 2, 2 * 1000))
+        led.record(ev(site, "received", "PING", 2, 0))
+    entries = read_ledger(path).entries
+    cmp = compare(entries, ROSTER, ModelSizes(fltac_adapter=1000, fedit_adapter=8000, full_model=10**6, fedit_rank=8))
+    assert cmp.fedit_up == 4 * 8000  # rounds 0 and 1, two sites
+    assert cmp.fedit_down == 6 * 8000  # plus the final hand-out to both sites
+    assert cmp.full_down == 6 * 10**6
+    assert cmp.actual_down == 4 * 2002 + 2 * 2000
+
+
 def test_collaborator_side_ledger_counts_up_as_sent(tmp_path):
     led = Ledger(tmp_path / "ledger.jsonl", site="site1")
     led.record(ev("aggregator", "received", "ROUND_START", 0, 500))
