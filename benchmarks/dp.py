@@ -176,10 +176,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run with tiny sizes")
     ap.add_argument("--timing", action="store_true", help="only the step-time part")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plot-only", action="store_true", help="redraw dp.png from the saved dp.json")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a size setting (repeatable), keys: {', '.join(SIZE)}")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-dp")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "dp.json").read_text()), RESULTS / "dp.png")
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
     import torch
@@ -221,6 +225,32 @@ def write(res: dict[str, Any], quick: bool) -> None:
     stem = "dp_quick" if quick else "dp"
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(res))
+    if res.get("accuracy"):
+        plot(res, RESULTS / f"{stem}.png")
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    """Accuracy per task and mean against the privacy budget (no DP drawn at the right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = res["accuracy"]
+    names = list(acc)
+    xs = list(range(len(names)))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for task in next(iter(acc.values()))["tasks"]:
+        ax.plot(xs, [acc[n]["tasks"][task] for n in names], marker="o", alpha=0.6, label=task)
+    ax.plot(xs, [acc[n]["mean_accuracy"] for n in names], marker="s", color="black", linewidth=2, label="mean")
+    ax.set_xticks(xs, [n.replace("eps=inf", "no DP") for n in names])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy (FL-TAC, rank 1)")
+    ax.set_title("Accuracy against the per-slot privacy budget (delta 1e-5)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

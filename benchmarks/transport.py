@@ -235,13 +235,42 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(res: dict, path: Path) -> None:
+    """Throughput against message size for the three transports (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["throughput"]
+    sizes = [r["size_mb"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for key, label in (("fltac", "fltac (TLS 1.3 over ZeroMQ)"), ("ssl", "plain ssl socket"), ("zmq", "plain ZeroMQ")):
+        ax.plot(sizes, [r[f"{key}_mb_s"] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(x) for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("message size (MB)")
+    ax.set_ylabel("throughput (MB/s, median)")
+    ax.set_title("Loopback throughput, one message until acknowledged", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,16,64,256", help="message sizes in MB, comma-separated")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per size (median)")
     ap.add_argument("--quick", action="store_true", help="1 and 16 MB, 3 repeats")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for transport.json / transport.md")
+    ap.add_argument("--plot-only", action="store_true", help="redraw transport.png from the saved transport.json")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / "transport.json").read_text()), args.out / "transport.png")
+        return
     sizes_mb = [1, 16] if args.quick else [int(x) for x in args.sizes.split(",")]
     repeats = 3 if args.quick else args.repeats
     sizes = [s * MB for s in sizes_mb]
@@ -256,6 +285,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "transport.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.out / "transport.md").write_text(markdown(res))
+    plot(res, args.out / "transport.png")
     print(markdown(res))
 
 
