@@ -36,10 +36,10 @@ def _pyplot() -> Any:
 def plot_accuracy(records: Mapping[str, Sequence[dict[str, Any]]], path: Path, title: str = "") -> Path:
     """Mean and per-task test accuracy per round, one line per method."""
     plt = _pyplot()
-    tasks = sorted({t for recs in records.values() for r in recs for t in r.get("tasks", {})})
+    tasks = sorted({t for recs in records.values() for r in recs for t in (r.get("tasks") or {})})
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.2 * (len(tasks) + 1), 3.2), squeeze=False)
     for method, recs in records.items():
-        done = [r for r in recs if "mean_accuracy" in r]
+        done = [r for r in recs if r.get("mean_accuracy") is not None and r.get("tasks")]  # evaluated rounds only
         rounds = [r["round"] + 1 for r in done]
         axes[0][0].plot(rounds, [r["mean_accuracy"] for r in done], marker="o", ms=3, label=method)
         for ax, task in zip(axes[0][1:], tasks, strict=True):
