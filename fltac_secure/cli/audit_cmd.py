@@ -12,10 +12,10 @@ from rich.table import Table
 
 from fltac_secure.cli.common import console, print_json
 from fltac_secure.errors import ConfigError
-from fltac_secure.federation.audit import GROUPINGS, compare, group_totals, total
-from fltac_secure.federation.ledger import LEDGER_NAME, read_ledger
+from fltac_secure.federation.audit import GROUPINGS, Totals, compare, group_totals, total
+from fltac_secure.federation.ledger import LEDGER_NAME, LedgerReadResult, read_ledger
 from fltac_secure.federation.sizes import model_sizes
-from fltac_secure.plan import load_plan
+from fltac_secure.plan import Plan, load_plan
 
 
 def _parse_compare(spec: str) -> int:
@@ -49,10 +49,7 @@ def audit(
     if json_out and csv_out:
         raise ConfigError("choose one of --json and --csv")
     rank = _parse_compare(compare_to)
-    plan = load_plan(plan_path or workspace / "plan.yaml")
-    led = read_ledger(workspace / LEDGER_NAME)
-    groups = group_totals(led.entries, by, plan.roster)
-    cmp = compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
+    led, groups, cmp = _report(workspace, load_plan(plan_path or workspace / "plan.yaml"), by, rank)
     if json_out:
         print_json({"by": by, "groups": {k: v.as_dict() for k, v in groups.items()},
                     "total": total(led.entries).as_dict(), "comparison": cmp, "skipped_lines": led.skipped})
@@ -66,10 +63,22 @@ def audit(
         w.writerow(["total", *total(led.entries).as_dict().values()])
         typer.echo(buf.getvalue().rstrip())
         return
-    _print_tables(by, groups, led, cmp)
+    _print_tables(by, led, groups, cmp)
 
 
-def _print_tables(by, groups, led, cmp) -> None:  # type: ignore[no-untyped-def]
+def _report(workspace: Path, plan: Plan, by: str, rank: int) -> tuple[LedgerReadResult, dict[str, Totals], dict]:
+    """The ledger, its totals grouped ``by``, and the FedIT/full comparison at ``rank``."""
+    led = read_ledger(workspace / LEDGER_NAME)
+    groups = group_totals(led.entries, by, plan.roster)
+    return led, groups, compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
+
+
+def print_audit(workspace: Path, plan: Plan, by: str = "kind", rank: int = 8) -> None:
+    """Print the audit tables of a workspace (used by `fltac audit` and `fltac demo`)."""
+    _print_tables(by, *_report(workspace, plan, by, rank))
+
+
+def _print_tables(by, led, groups, cmp) -> None:  # type: ignore[no-untyped-def]
     t = Table(title=f"Wire traffic by {by}")
     for col in (by, "messages", "parameters", "payload bytes", "wire bytes"):
         t.add_column(col, justify="right")

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from fltac_secure.cli.audit_cmd import print_audit
 from fltac_secure.cli.common import console
 from fltac_secure.errors import ConfigError
 
@@ -73,7 +74,7 @@ def demo(
         _print_accuracy(evaluate_final(layout, plan))
         check = cluster_check(layout, plan)
         console.print(f"clusters match tasks: {'yes' if check['match'] else 'no'}  {check['clusters']}")
-        _print_audit(layout.aggregator, plan)
+        print_audit(layout.aggregator, plan)
         console.print(f"global adapters (peft): {layout.aggregator / 'out'}/cluster_*  and  <site>/out/<task>/")
         console.print(f"plots: {layout.aggregator / 'out' / 'clusters.png'}, <site>/out/accuracy.png")
         console.print(f"full audit: fltac audit --workspace {layout.aggregator}")
@@ -91,18 +92,6 @@ def _print_accuracy(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         t.add_row(r["task"], str(r["n"]), f"{r['majority']:.3f}", f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}")
     console.print(t)
-
-
-def _print_audit(workspace: Path, plan: Any) -> None:
-    from fltac_secure.cli.audit_cmd import _print_tables
-    from fltac_secure.federation.audit import compare, group_totals
-    from fltac_secure.federation.ledger import LEDGER_NAME, read_ledger
-    from fltac_secure.federation.sizes import model_sizes
-
-    led = read_ledger(workspace / LEDGER_NAME)
-    groups = group_totals(led.entries, "kind", plan.roster)
-    cmp = compare(led.entries, plan.roster, model_sizes(plan, 8)).as_dict()
-    _print_tables("kind", groups, led, cmp)
 
 
 def register(app: typer.Typer) -> None:
