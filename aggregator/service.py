@@ -20,6 +20,8 @@ intact, so ``fltac aggregator start`` resumes from there.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +32,14 @@ import numpy as np
 
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.phases import Member, Phase, join_of
-from fltac_secure.errors import ProtocolError, StateError
+from fltac_secure.errors import FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import Assignment, ServerState, server_aggregate, server_assign, slot_key
 from fltac_secure.federation.storage import append_jsonl, pin_plan
 from fltac_secure.learning.cluster import ClusterResult
+from fltac_secure.pki.crl import CrlWatch
 from fltac_secure.plan import Plan, Site, plan_hash
 from fltac_secure.transport.envelope import NACK, Message
 from fltac_secure.transport.server import TransportServer
@@ -67,6 +70,20 @@ class RoundReport:
     ignored: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _on_sighup(action: Callable[[], None]) -> Callable[[], None]:
+    """Run ``action`` on SIGHUP while the aggregator runs (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return lambda: None
+    def handler(*_: object) -> None:
+        try:
+            action()
+        except FltacError:
+            pass  # the transport has failed; the main loop reports that
+
+    previous = signal.signal(signal.SIGHUP, handler)
+    return lambda: signal.signal(signal.SIGHUP, previous)
 
 
 class Aggregator:
@@ -100,19 +117,25 @@ class Aggregator:
 
         pin_plan(self.workspace, self.plan)
         state = self._load_or_init()
-        t = self.plan.timeouts
+        t, certs = self.plan.timeouts, self.site.certs
+        assert certs.crl is not None  # context_for_site refuses an aggregator site file without one
+        crl_watch = CrlWatch(certs.crl, certs.ca, lambda: context_for_site(self.site))
         self.server = TransportServer(
             self.site.bind or "", context_for_site(self.site), self.plan.roster, self.plan.federation, self.hash,
-            name=self.site.name, max_message_bytes=int(self.plan.limits.max_message_mb * (1 << 20)),
+            name=self.site.name,
+            max_message_bytes=fm.message_limit(self.plan.limits.max_message_mb, self.shapes, len(self.plan.tasks)),
             handshake_timeout=t.handshake_s, idle_timeout=t.idle_s, session_lifetime=t.rehandshake_s,
-            ledger_hook=Ledger(self.workspace / LEDGER_NAME, self.site.name),
+            ledger_hook=Ledger(self.workspace / LEDGER_NAME, self.site.name), crl_watch=crl_watch,
         ).start()  # fmt: skip
         self.endpoint = self.server.endpoint
         self.log.info(f"listening on {self.endpoint} for federation {self.plan.federation!r} "
-                      f"(plan {self.hash[:12]}, {len(self.plan.roster)} sites, rounds {state.round}/{self.plan.rounds})")
+                      f"(plan {self.hash[:12]}, {len(self.plan.roster)} sites, rounds {state.round}/{self.plan.rounds}); "
+                      f"CRL {certs.crl} is re-read when it changes or on SIGHUP")
+        restore = _on_sighup(self.server.reload_crl)
         try:
             state = self._serve(state)
         finally:
+            restore()
             self.server.close()
         return state
 
@@ -185,6 +208,9 @@ class Aggregator:
             member = join_of(msg, self.plan.privacy.share_task_names)
         except ProtocolError as exc:
             self.log.warn(f"refused JOIN from {peer}: {exc}")
+            return
+        if member.slots > len(self.plan.tasks):
+            self.log.warn(f"refused JOIN from {peer}: {member.slots} task slots, the plan has {len(self.plan.tasks)} tasks")
             return
         known = self.members.get(peer)
         if known is not None and known.slots != member.slots:

@@ -81,7 +81,8 @@ class Collaborator:
 
         return TransportClient(
             self.site.aggregator or "", context_for_site(self.site), self.site.name, self.plan.federation, self.hash,
-            server_hostname=self.site.server_name, max_message_bytes=int(self.plan.limits.max_message_mb * (1 << 20)),
+            server_hostname=self.site.server_name,
+            max_message_bytes=fm.message_limit(self.plan.limits.max_message_mb, self.shapes, len(self.plan.tasks)),
             handshake_timeout=self.plan.timeouts.handshake_s, stall_timeout=self.stall_timeout,
             ledger_hook=Ledger(Path(self.site.workspace) / LEDGER_NAME, self.site.name),
         )  # fmt: skip

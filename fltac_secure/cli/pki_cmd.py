@@ -69,9 +69,16 @@ def ca_revoke(
     name: str = typer.Argument(..., help="The site name (certificate CN) to revoke.", show_default=False),
     ca_dir: Path = CA_DIR,
 ) -> None:
-    """Revoke every certificate of a site and rewrite crl.pem (copy it to the aggregator)."""
+    """Revoke every certificate of a site and rewrite crl.pem; copy it to the aggregator's certs.crl path."""
     revoke(name, ca_dir)
-    typer.echo(f"revoked {name!r}; new CRL {ca_dir / 'crl.pem'} - install it on the aggregator")
+    crl = ca_dir / "crl.pem"
+    typer.echo(
+        f"revoked {name!r}; the new CRL is {crl}.\n"
+        f"Copy it over the file named by certs.crl in the aggregator's site file, e.g.\n"
+        f"  cp {crl} <aggregator workspace>/certs/crl.pem\n"
+        "A running aggregator re-reads that file within a second of the copy (or at once on `kill -HUP <pid>`),\n"
+        f"ends {name!r}'s live session and refuses its next handshake. Nothing needs restarting."
+    )
 
 
 @ca_app.command("crl")

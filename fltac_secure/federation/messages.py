@@ -92,6 +92,26 @@ class Shapes:
     sketch_dim: int
     k: int
 
+    def max_message_bytes(self, n_slots: int) -> int:
+        """The largest legitimate message for a site of ``n_slots`` slots, plus 25% and 1 MiB of headroom.
+
+        ROUND_START, UPDATE and FINAL carry one float32 vector per slot and
+        SKETCHES one float64 sketch per slot (each with a safetensors entry of
+        a few dozen bytes); JSON headers are small.  A transport limit sized
+        from the plan means a peer cannot make the receiver buffer 512 MiB for
+        a federation whose messages are a few hundred KiB.
+        """
+        per_slot = max(4 * self.vector_size, 8 * self.sketch_dim) + 256
+        body = n_slots * per_slot
+        return body + body // 4 + (1 << 20)
+
+
+def message_limit(plan_max_mb: float | None, shapes: Shapes, n_slots: int) -> int:
+    """The transport's message size limit: the plan's ``limits.max_message_mb`` if set, else derived."""
+    if plan_max_mb is not None:
+        return int(plan_max_mb * (1 << 20))
+    return shapes.max_message_bytes(n_slots)
+
 
 def _refuse(msg: Message, what: str, reason: str = "bad_shape") -> ProtocolError:
     return ProtocolError(f"{msg.kind} from {msg.sender!r} (round {msg.round}): {what}", reason)

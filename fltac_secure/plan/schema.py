@@ -144,7 +144,11 @@ class Timeouts(Strict):
 
 
 class Limits(Strict):
-    max_message_mb: float = Field(default=512.0, gt=0, le=65536, description="Largest accepted message, MiB.")
+    max_message_mb: float | None = Field(
+        default=None, gt=0, le=65536,
+        description="Largest accepted message, MiB. Default (null): derived from the plan's adapter shapes, "
+        "the largest legitimate message (every slot's vector) plus 25% and 1 MiB of headroom.",
+    )  # fmt: skip
 
 
 class Partition(Strict):

@@ -3,10 +3,14 @@
 OpenSSL has already verified the chain, the CRL and the key usage; this is
 authorisation, in a fixed order, default deny:
 
-1. the certificate's CN is in the plan's roster (enrolled is not authorised);
-2. the CN equals the name the client claims in its HELLO (a site cannot act
+1. the certificate is a collaborator certificate: its extended key usage is
+   clientAuth (OpenSSL's purpose check passes a certificate with no extended
+   key usage at all, so a CA-signed certificate made for something else would
+   otherwise be accepted as a client);
+2. the certificate's CN is in the plan's roster (enrolled is not authorised);
+3. the CN equals the name the client claims in its HELLO (a site cannot act
    under another site's name);
-3. the client runs the same federation and plan (same plan hash).
+4. the client runs the same federation and plan (same plan hash).
 
 Each refusal carries a reason code for programs and a sentence for people.
 """
@@ -28,11 +32,17 @@ class Refusal:
 
 
 def admit(
-    cn: str, hello: Message, *, roster: Collection[str], federation: str, plan_hash: str
+    cn: str, hello: Message, *, roster: Collection[str], federation: str, plan_hash: str, role: str | None
 ) -> Refusal | None:
     """None if the peer may proceed, else the first ``Refusal`` in the fixed order."""
     if hello.kind != HELLO:
         return Refusal("protocol", f"expected HELLO after the handshake, got {hello.kind}")
+    if role != "collaborator":
+        return Refusal(
+            "wrong_role",
+            f"certificate for {cn!r} is not a collaborator certificate (extended key usage must be clientAuth "
+            "alone); enroll the site with `fltac certs request --role collaborator`",
+        )
     if cn not in roster:
         return Refusal("not_in_roster", f"certificate for {cn!r} is not in this plan's roster")
     claimed = hello.meta.get("name", hello.sender)

@@ -8,6 +8,13 @@ drops duplicates by message id), with bounded exponential backoff.  A refusal
 by the server (TLS alert during the handshake, or REJECT) is final and raised
 as ``TransportError`` with the server's reason; retrying would not fix it.
 
+Bounds: at most ``WINDOW`` messages are in flight unacknowledged (the server
+withholds ACKs while the aggregator is behind, so the client waits instead
+of piling data up there), and received messages wait for the application in
+a bounded ``Intake`` (beyond it they are held unacknowledged; an aggregator
+that sends far more than that loses the session).  The server's certificate
+must be an aggregator certificate (serverAuth alone), not merely CA-signed.
+
 Threading: see ``loop.py``; all public methods are thread-safe.
 """
 
@@ -24,7 +31,7 @@ from collections import OrderedDict
 import zmq
 
 from fltac_secure.errors import ConfigError, FltacError, ProtocolError, TransportError
-from fltac_secure.pki import peer_common_name
+from fltac_secure.pki import peer_common_name, peer_role
 from fltac_secure.transport import envelope as env
 from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
 from fltac_secure.transport.codec import decode
@@ -33,10 +40,15 @@ from fltac_secure.transport.events import LedgerHook
 from fltac_secure.transport.loop import IOLoop
 from fltac_secure.transport.refusals import Waiter as _Waiter
 from fltac_secure.transport.refusals import tls_refusal
-from fltac_secure.transport.session import Link, SeenIds
+from fltac_secure.transport.session import Intake, Link, SeenIds
 from fltac_secure.transport.sockets import configure_socket
 
 log = logging.getLogger(__name__)
+
+WINDOW = 8
+"""Messages sent but not yet acknowledged; the rest wait in the outbox."""
+FINAL_BYE = frozenset({"certificate_revoked"})
+"""Reasons for which the server ends a session that a new handshake cannot fix."""
 
 
 class TransportClient(IOLoop):
@@ -80,10 +92,12 @@ class TransportClient(IOLoop):
         self._next_attempt = 0.0
         self._keepalive = stall_timeout / 3
         self._outbox: OrderedDict[int | str, Message] = OrderedDict()
+        self._in_flight: set[int | str] = set()
+        self._intake = Intake(16, 2 * max_message_bytes, 128)
         self._acks: dict[int | str, _Waiter] = {}
         self._replies: dict[int | str, _Waiter] = {}
         self._seen = SeenIds()
-        self._inbox: queue.Queue[Message | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[Message, int] | None] = queue.Queue()
         self._welcomed = _Waiter()
         self._fatal: TransportError | None = None
         self.server_limits: dict = {}
@@ -129,8 +143,14 @@ class TransportClient(IOLoop):
         except queue.Empty:
             return None
         if item is None:
+            self._inbox.put(None)  # every later caller must see the failure too
             self._raise_fatal()
-        return item
+            return None
+        msg, size = item
+        self._intake.taken(size)
+        if self._intake.parked:
+            self._submit("unpark")
+        return msg
 
     @property
     def connected(self) -> bool:
@@ -161,6 +181,9 @@ class TransportClient(IOLoop):
                 self._link.flush(self._sock)
             cmd[1].set()
             return
+        if cmd[0] == "unpark":
+            self._unpark()
+            return
         _, msg, waiter, reply = cmd
         if self._fatal is not None:
             waiter.finish(self._fatal)
@@ -169,8 +192,18 @@ class TransportClient(IOLoop):
         self._acks[msg.msg_id] = waiter
         if reply is not None:
             self._replies[msg.msg_id] = reply
-        if self._state == "ready" and self._link is not None:
-            self._link.queue(msg)
+        self._fill_window()
+
+    def _fill_window(self) -> None:
+        """Put outbox messages on the wire, oldest first, until ``WINDOW`` are unacknowledged."""
+        if self._state != "ready" or self._link is None:
+            return
+        for msg_id, msg in self._outbox.items():
+            if len(self._in_flight) >= WINDOW:
+                return
+            if msg_id not in self._in_flight:
+                self._in_flight.add(msg_id)
+                self._link.queue(msg)
 
     def _open(self) -> None:
         self._close_socket()
@@ -213,6 +246,8 @@ class TransportClient(IOLoop):
         if self._sock is not None:
             self._sock.close(0)
         self._sock, self._link = None, None
+        self._in_flight.clear()  # a new session sends them again
+        self._intake.parked.clear()  # never acknowledged: the server resends them
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -272,6 +307,11 @@ class TransportClient(IOLoop):
                     link.queue_raw(link.channel.outgoing())
                     return
                 link.queue_raw(link.channel.outgoing())
+                if peer_role(link.channel.obj) != "aggregator":
+                    self._fail(TransportError(
+                        f"{self.endpoint} presented a certificate that is not an aggregator certificate "
+                        "(extended key usage must be serverAuth alone); check the aggregator address", "wrong_role"))
+                    return
                 link.peer = peer_common_name(link.channel.obj)
                 link.queue(self._control(env.HELLO, {"name": self.name}))
                 self._state = "hello"
@@ -288,6 +328,8 @@ class TransportClient(IOLoop):
             self._retry("the aggregator closed the session")
         except ProtocolError as exc:
             self._retry(f"undecodable stream from the aggregator ({exc})")
+        except Exception as exc:  # whatever the server's bytes caused, start a clean session
+            self._retry(f"the aggregator's data raised {exc!r}")
 
     def _on_message(self, link: Link, raw: bytearray) -> None:
         ready = self._state == "ready"
@@ -310,7 +352,7 @@ class TransportClient(IOLoop):
         elif msg.kind == env.BYE:
             self._on_bye(msg)
         else:
-            self._dispatch(link, msg)
+            self._dispatch(link, msg, len(raw))
 
     def _on_welcome(self, link: Link, msg: Message) -> None:
         if msg.kind != env.WELCOME:
@@ -326,40 +368,60 @@ class TransportClient(IOLoop):
             self._keepalive = min(self.stall_timeout, float(idle)) / 3
         link.channel.max_message_bytes = self.max_message_bytes
         self._state, self._attempts = "ready", 0
-        for pending in self._outbox.values():
-            link.queue(pending)
+        self._in_flight.clear()
+        self._fill_window()
         self._welcomed.finish()
 
     def _on_bye(self, msg: Message) -> None:
         reason, detail = str(msg.meta.get("reason", "bye")), str(msg.meta.get("detail", ""))
-        if reason not in ("session_expired", "idle") and self._outbox:
+        if reason in FINAL_BYE:
+            self._fail(TransportError(f"the aggregator ended the session: {detail}", reason))
+            return
+        if reason not in ("session_expired", "idle", "backlog") and self._outbox:
             # messages are acknowledged in stream order: the oldest unacknowledged one ended the session
             msg_id, culprit = next(iter(self._outbox.items()))
             self._settle(msg_id, TransportError(f"the aggregator refused {culprit.kind} {msg_id}: {detail}", reason))
         self._retry(f"the aggregator ended the session ({reason}: {detail})")
 
-    def _dispatch(self, link: Link, msg: Message) -> None:
+    def _dispatch(self, link: Link, msg: Message, size: int) -> None:
         if msg.kind == env.ACK:
-            self._settle(msg.meta.get("ack"), None)  # type: ignore[arg-type]
+            self._settle(env.referenced_id(msg, "ack"), None)
         elif msg.kind == env.NACK:
             reason, detail = str(msg.meta.get("reason", "refused")), str(msg.meta.get("detail", ""))
-            self._settle(msg.meta.get("nack"), ProtocolError(f"the aggregator refused the message: {detail}", reason))  # type: ignore[arg-type]
+            self._settle(env.referenced_id(msg, "nack"), ProtocolError(f"the aggregator refused the message: {detail}", reason))
         elif msg.kind == env.PING:
             link.queue(self._control(env.PONG, {}))
         elif msg.kind in (env.PONG, env.HELLO, env.WELCOME):
             return
-        else:
+        elif msg.msg_id in self._seen:  # a resend of what the application already has
             link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
-            if not self._seen.add(msg.msg_id):
-                return
-            waiter = self._replies.pop(msg.meta.get("in_reply_to"), None)  # type: ignore[arg-type]
+        else:
+            waiter = self._replies.pop(env.referenced_id(msg, "in_reply_to"), None)
             if waiter is not None:
+                self._seen.add(msg.msg_id)
+                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
                 waiter.finish(reply=msg)
-            else:
-                self._inbox.put(msg)
+                return
+            verdict = self._intake.offer(msg, size)
+            if verdict == "deliver":
+                self._deliver(msg, size)
+            elif verdict == "overflow":
+                self._retry(f"the aggregator sent more than {self._intake.max_parked} unacknowledged messages")
 
-    def _settle(self, msg_id: int | str, error: FltacError | None) -> None:
+    def _deliver(self, msg: Message, size: int) -> None:
+        self._seen.add(msg.msg_id)
+        if self._link is not None:
+            self._link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+        self._inbox.put((msg, size))
+
+    def _unpark(self) -> None:
+        for msg, size in self._intake.unpark():
+            self._deliver(msg, size)
+
+    def _settle(self, msg_id: int | str | None, error: FltacError | None) -> None:
         self._outbox.pop(msg_id, None)
+        self._in_flight.discard(msg_id)
+        self._fill_window()
         waiter = self._acks.pop(msg_id, None)
         if waiter is not None:
             waiter.finish(error)

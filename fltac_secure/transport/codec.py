@@ -36,6 +36,7 @@ VERSION = 1
 PREFIX = struct.Struct("<4sHHQQ")
 PREFIX_SIZE = PREFIX.size  # 24
 MAX_HEADER_BYTES = 1 << 20
+MAX_DIM = 1 << 40  # no real tensor dimension comes near; numpy refuses far larger ones (a zero dim hides them)
 HEADER_KEYS = frozenset({"kind", "federation", "plan_hash", "sender", "round", "msg_id", "meta"})
 
 # safetensors dtype codes that numpy can hold without loss
@@ -64,7 +65,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _loads(raw: Buffer, what: str) -> Any:
     try:
         return json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError, JSONDecodeError, > 4300-digit ints
         raise ProtocolError(f"{what} is not valid UTF-8 JSON ({exc.__class__.__name__})", "bad_header") from None
 
 
@@ -176,6 +179,8 @@ def _st_entry(name: str, entry: Any) -> tuple[np.dtype, tuple[int, ...], int, in
         raise ProtocolError(f"safetensors entry {name!r} has a bad dtype or shape", "bad_safetensors")
     if len(offs) != 2 or not ints_ok or offs[1] < offs[0]:
         raise ProtocolError(f"safetensors entry {name!r} has bad offsets", "bad_safetensors")
+    if any(dim > MAX_DIM for dim in shape):
+        raise ProtocolError(f"safetensors entry {name!r} has a dimension above {MAX_DIM}", "bad_safetensors")
     count = 1
     for dim in shape:
         count *= dim

@@ -27,6 +27,9 @@ KIND_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 MAX_META_ITEMS = 256
 MAX_META_STR = 4096
+MAX_ID_CHARS = 128  # msg_id, sender, federation, plan hash: ids, never free text
+MAX_ROUND = 2**31 - 1
+MAX_INT_ID = 2**63 - 1
 
 JsonValue = Any
 
@@ -71,13 +74,20 @@ class Message:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not KIND_RE.match(self.kind):
             raise ProtocolError(f"message kind {self.kind!r} is not an upper-case name like 'UPDATE'", "bad_kind")
-        if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
-            raise ProtocolError(f"round {self.round!r} must be an integer >= 0", "bad_header")
-        if isinstance(self.msg_id, bool) or not isinstance(self.msg_id, int | str):
-            raise ProtocolError(f"msg_id {self.msg_id!r} must be an int or a str", "bad_header")
+        if not isinstance(self.round, int) or isinstance(self.round, bool) or not 0 <= self.round <= MAX_ROUND:
+            raise ProtocolError(f"round must be an integer in 0..{MAX_ROUND}", "bad_header")
+        msg_id = self.msg_id
+        if isinstance(msg_id, bool) or not isinstance(msg_id, int | str):
+            raise ProtocolError("msg_id must be an int or a str", "bad_header")
+        if (isinstance(msg_id, int) and not 0 <= msg_id <= MAX_INT_ID) or (
+            isinstance(msg_id, str) and len(msg_id) > MAX_ID_CHARS
+        ):
+            raise ProtocolError(f"msg_id must be an int in 0..2^63-1 or a str of at most {MAX_ID_CHARS} characters",
+                                "bad_header")  # fmt: skip
         for name in ("federation", "plan_hash", "sender"):
-            if not isinstance(getattr(self, name), str):
-                raise ProtocolError(f"{name} must be a string", "bad_header")
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+                raise ProtocolError(f"{name} must be a string of at most {MAX_ID_CHARS} characters", "bad_header")
         if not isinstance(self.meta, Mapping) or len(self.meta) > MAX_META_ITEMS:
             raise ProtocolError(f"meta must be a dict of at most {MAX_META_ITEMS} items", "bad_meta")
         for key, value in self.meta.items():
@@ -162,6 +172,12 @@ def check_finite(name: str, arr: np.ndarray, block: int = 1 << 22) -> None:
     for start in range(0, flat.size, block):
         if not np.isfinite(flat[start : start + block]).all():
             raise ProtocolError(f"tensor {name!r} contains NaN or Inf; refusing it", "not_finite")
+
+
+def referenced_id(msg: Message, key: str) -> int | str | None:
+    """The message id that ``meta[key]`` refers to (an ACK's "ack", a reply's "in_reply_to"), or None."""
+    value = msg.meta.get(key)
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
 
 # -- helpers for kind rules --------------------------------------------------

@@ -1,17 +1,33 @@
 """The aggregator side: a ROUTER socket, one TLS session per peer identity.
 
+THE INVARIANT: one peer's bytes, or its disappearance, can cost that peer its
+own session and nothing else.  Every exception raised while handling one
+peer's frames (TLS, framing, JSON, safetensors, rules, numpy) ends that
+peer's session with a logged reason; a send to a peer whose connection is
+gone (ZeroMQ's EHOSTUNREACH under ROUTER_MANDATORY) drops its session and
+keeps its unacknowledged messages for its next session.  Only a failure of
+the server itself (its socket, its own code) stops the loop, and then every
+caller gets a ``TransportError`` at once.
+
 Threats answered, in the order bytes meet them: frames larger than one chunk
-are dropped by ZeroMQ before any code sees them (``MAXMSGSIZE``); peers that
-never finish a handshake are dropped after ``handshake_timeout``, and at most
-``max_pending`` unauthenticated sessions exist at once; OpenSSL verifies the
-chain, the CRL and the key usage; ``admission.admit`` checks roster, claimed
-name and plan hash before WELCOME; until then a message may be at most 64 KiB,
-so nothing large is buffered for an unknown peer; afterwards every message is
-strictly decoded, and refused ones are NACKed (stream intact) or end the
-session (stream untrustworthy).  Sessions expire after ``session_lifetime`` or
-at the certificate's notAfter, whichever is first, so a revoked or expired
-certificate cannot keep a session alive: the client must handshake again.
-One misbehaving peer only ever loses its own session.
+are dropped by ZeroMQ before any code sees them (``MAXMSGSIZE``); sessions
+that are not authorised yet are bounded per source address and in total, and
+a new connection evicts the oldest of them (``guard.PendingTable``), so a
+flood of stalled handshakes cannot shut a real site out; peers that never
+finish a handshake are dropped after ``handshake_timeout``; OpenSSL verifies
+the chain, the CRL and the key usage; ``admission.admit`` checks the
+certificate's role, roster, claimed name and plan hash before WELCOME; until
+then a message may be at most 64 KiB and the peer's ledger events are rate
+limited; afterwards every message is strictly decoded, and refused ones are
+NACKed (stream intact) or end the session (stream untrustworthy).  Memory is
+bounded: received messages wait for the application in a bounded ``Intake``
+per peer (beyond it they are held unacknowledged, which stops a well-behaved
+sender; a sender that goes on loses its session), each peer's outbox and
+send queue are bounded.  Revocation takes effect at once: with a
+``CrlWatch``, a changed CRL file (or ``reload_crl()``, e.g. on SIGHUP) gives
+new handshakes a fresh context and ends live sessions of newly revoked
+certificates.  Sessions also expire after ``session_lifetime`` or at the
+certificate's notAfter, whichever is first.
 
 Threading: see ``loop.py``; all public methods are thread-safe.
 """
@@ -32,24 +48,35 @@ import zmq
 from cryptography import x509
 
 from fltac_secure.errors import ConfigError, ProtocolError, TransportError
-from fltac_secure.pki import peer_common_name
+from fltac_secure.pki import peer_common_name, peer_role
+from fltac_secure.pki.crl import CrlUpdate, CrlWatch
 from fltac_secure.transport import envelope as env
 from fltac_secure.transport.admission import Refusal, admit
 from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
 from fltac_secure.transport.codec import decode, decode_header
 from fltac_secure.transport.envelope import Message
-from fltac_secure.transport.events import LedgerHook
+from fltac_secure.transport.events import LedgerHook, WireEvent
+from fltac_secure.transport.guard import EventGate, PendingTable
 from fltac_secure.transport.loop import IOLoop
-from fltac_secure.transport.session import Link, SeenIds
+from fltac_secure.transport.session import Intake, Link, SeenIds
 from fltac_secure.transport.sockets import configure_socket
 
 log = logging.getLogger(__name__)
+
+INBOX_MESSAGES = 8
+"""Messages of one peer waiting for the application before further ones are held unacknowledged."""
+PARKED_MESSAGES = 16
+"""Unacknowledged messages one session may have held; a client keeps at most ``client.WINDOW`` in flight."""
+OUTBOX_MESSAGES = 64
+"""Unacknowledged messages kept for one peer; beyond it the oldest is dropped (with a warning)."""
+CRL_POLL_S = 1.0
 
 
 @dataclass
 class _PeerBook:
     """What the server keeps per authenticated name, across that peer's sessions."""
 
+    intake: Intake
     ident: bytes | None = None
     outbox: OrderedDict[int | str, Message] = field(default_factory=OrderedDict)
     seen: SeenIds = field(default_factory=SeenIds)
@@ -79,8 +106,10 @@ class TransportServer(IOLoop):
         idle_timeout: float = 120.0,
         session_lifetime: float = 3600.0,
         max_pending: int = 256,
+        max_pending_per_source: int = 64,
         chunk_bytes: int = CHUNK_BYTES,
         ledger_hook: LedgerHook | None = None,
+        crl_watch: CrlWatch | None = None,
     ) -> None:
         if not roster:
             raise ConfigError("the roster is empty; a server with no authorised peers cannot serve anyone")
@@ -96,17 +125,21 @@ class TransportServer(IOLoop):
         self.federation, self.plan_hash = federation, plan_hash
         self.max_message_bytes = max_message_bytes
         self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
-        self.session_lifetime, self.max_pending = session_lifetime, max_pending
+        self.session_lifetime = session_lifetime
         self._ctx, self._chunk, self._hook = ssl_context, chunk_bytes, ledger_hook
         self._links: dict[bytes, Link] = {}
         self._books: dict[str, _PeerBook] = {}
         self._dead: OrderedDict[bytes, None] = OrderedDict()
-        self._inbox: queue.Queue[tuple[str, Message] | None] = queue.Queue()
+        self._pending = PendingTable(max_pending, max_pending_per_source)
+        self._gate = EventGate(rate=20.0, burst=200, what="ledger events of unauthorised peers")
+        self._inbox: queue.Queue[tuple[str, Message, int, Intake] | None] = queue.Queue()
         self._ready_names: frozenset[str] = frozenset()
         self._pending_count = 0
         self._started = threading.Event()
         self._sock: zmq.Socket | None = None
         self._next_timers = 0.0
+        self._crl, self._next_crl = crl_watch, 0.0
+        self._revoked: frozenset[int] = crl_watch.revoked if crl_watch is not None else frozenset()
         self.endpoint: str | None = None
 
     # -- public API ----------------------------------------------------------
@@ -149,9 +182,14 @@ class TransportServer(IOLoop):
         except queue.Empty:
             return None
         if item is None:
+            self._inbox.put(None)  # every later caller must see the failure too
             self._check_alive()
             return None
-        return item
+        name, msg, size, intake = item
+        intake.taken(size)
+        if intake.parked:
+            self._submit("unpark", name)
+        return name, msg
 
     def peers(self) -> list[str]:
         """Names with an authenticated session right now."""
@@ -169,27 +207,45 @@ class TransportServer(IOLoop):
         """End every session now (BYE session_expired): clients re-handshake and resend."""
         self._submit("expire")
 
+    def reload_crl(self) -> None:
+        """Re-read the CRL now (the CLI calls this on SIGHUP); it is also re-read whenever its file changes."""
+        self._submit("crl")
+
     # -- I/O thread: commands and socket ------------------------------------
     def _command(self, cmd: tuple) -> None:
         if cmd[0] == "send":
             _, peer, msg = cmd
-            book = self._books.setdefault(peer, _PeerBook())
+            book = self._book(peer)
+            if len(book.outbox) >= OUTBOX_MESSAGES:
+                old_id, old = book.outbox.popitem(last=False)
+                log.warning("%s has %d unacknowledged messages; dropping the oldest (%s %s)",
+                            peer, OUTBOX_MESSAGES, old.kind, old_id)  # fmt: skip
             book.outbox[msg.msg_id] = msg
             if book.ident is not None and book.ident in self._links:
                 self._links[book.ident].queue(msg)
+        elif cmd[0] == "unpark":
+            self._unpark(cmd[1])
         elif cmd[0] == "ctx":
             self._ctx = cmd[1]
             if cmd[2]:
                 self._expire_all()
         elif cmd[0] == "expire":
             self._expire_all()
+        elif cmd[0] == "crl":
+            self._poll_crl(force=True)
+
+    def _book(self, name: str) -> _PeerBook:
+        book = self._books.get(name)
+        if book is None:
+            book = self._books[name] = _PeerBook(Intake(INBOX_MESSAGES, 2 * self.max_message_bytes, PARKED_MESSAGES))
+        return book
 
     def _expire_all(self) -> None:
         for ident, link in list(self._links.items()):
             if link.name is not None:
                 self._bye(link, "session_expired", "session expired; handshake again")
             else:
-                self._drop(ident)
+                self._drop(ident, "sessions expired")
 
     def _step(self) -> None:
         assert self._sock is not None
@@ -203,8 +259,16 @@ class TransportServer(IOLoop):
         if self._sock in events:
             self._receive()
         for ident, link in list(self._links.items()):
-            link.flush(self._sock)
-            if link.closing and not link.busy:
+            try:
+                link.flush(self._sock)
+            except Exception as exc:  # the per-peer boundary, outgoing side
+                self._drop(ident, f"send failed ({exc!r})")
+                continue
+            if link.gone:
+                self._drop(ident, "its connection is gone")
+            elif link.backlogged:
+                self._drop(ident, "it does not read what it is sent")
+            elif link.closing and not link.busy:
                 self._drop(ident)
         now = time.monotonic()
         if now >= self._next_timers:
@@ -220,50 +284,65 @@ class TransportServer(IOLoop):
                 return
             ident = parts[0].bytes
             if len(parts) != 2:  # a DEALER sends exactly one frame per message
-                self._drop(ident)
+                self._drop(ident, "sent a multi-part frame")
                 continue
-            self._on_frame(ident, parts[1].buffer)
+            self._on_frame(ident, parts[1])
 
-    def _link_for(self, ident: bytes) -> Link | None:
+    def _link_for(self, ident: bytes, frame: zmq.Frame) -> Link | None:
         link = self._links.get(ident)
         if link is not None or ident in self._dead:
             return link
-        if self._pending_count >= self.max_pending:
-            self._mark_dead(ident)
-            return None
+        try:
+            source = str(frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            source = ""
+        for old in self._pending.add(ident, source):
+            self._drop(old, "evicted: too many unauthenticated sessions")
         channel = TlsChannel(self._ctx, server_side=True, max_message_bytes=PREAUTH_MAX_BYTES)
-        link = Link(channel, route=[ident], peer=f"?{ident.hex()}", ledger_hook=self._hook, chunk_bytes=self._chunk)
+        link = Link(channel, route=[ident], peer=f"?{source}", ledger_hook=self._gated, chunk_bytes=self._chunk)
+        link.source = source
         self._links[ident] = link
         self._refresh()
         return link
 
-    def _on_frame(self, ident: bytes, data: memoryview) -> None:
-        link = self._link_for(ident)
+    def _gated(self, event: WireEvent) -> None:
+        """Ledger hook for peers not yet authorised: their events are rate limited."""
+        if self._hook is not None and self._gate.allow():
+            self._hook(event)
+
+    def _on_frame(self, ident: bytes, frame: zmq.Frame) -> None:
+        link = self._link_for(ident, frame)
         if link is None or link.closing:
             return
         link.last_rx = time.monotonic()
         try:
-            link.channel.feed(data)
-            if not link.channel.handshake_done:
-                done = link.channel.handshake()
-                link.queue_raw(link.channel.outgoing())
-                if not done:
-                    return
-            for raw in link.channel.messages():
-                self._on_message(ident, link, raw)
-                if link.closing:
-                    return
+            self._feed(ident, link, frame.buffer)
         except ssl.SSLError as exc:
             link.queue_raw(link.channel.outgoing())  # the alert tells the client why
             log.info("TLS refused for %s: %s", link.name or link.peer, exc)
             link.closing = True
         except PeerClosed:
-            self._drop(ident)
+            self._drop(ident, "closed the session")
         except ProtocolError as exc:  # bad prefix or too large: the stream cannot be trusted
             if link.name is None:
                 link.closing = True
             else:
                 self._bye(link, exc.reason, str(exc))
+        except Exception as exc:  # THE per-peer boundary: whatever this peer's bytes caused, only it pays
+            log.warning("dropping %s: its data raised %r", link.name or link.peer, exc)
+            self._drop(ident)
+
+    def _feed(self, ident: bytes, link: Link, data: memoryview) -> None:
+        link.channel.feed(data)
+        if not link.channel.handshake_done:
+            done = link.channel.handshake()
+            link.queue_raw(link.channel.outgoing())
+            if not done:
+                return
+        for raw in link.channel.messages():
+            self._on_message(ident, link, raw)
+            if link.closing or ident not in self._links:
+                return
 
     # -- I/O thread: messages -----------------------------------------------
     def _on_message(self, ident: bytes, link: Link, raw: bytearray) -> None:
@@ -281,13 +360,13 @@ class TransportServer(IOLoop):
             detail = f"message claims sender {msg.sender!r} but the session belongs to {link.name!r}"
             self._nack(link, msg.msg_id, "sender_mismatch", detail)
             return
-        self._dispatch(link, msg)
+        self._dispatch(link, msg, len(raw))
 
-    def _dispatch(self, link: Link, msg: Message) -> None:
+    def _dispatch(self, link: Link, msg: Message, size: int) -> None:
         assert link.name is not None
-        book = self._books.setdefault(link.name, _PeerBook())
+        book = self._book(link.name)
         if msg.kind == env.ACK:
-            book.outbox.pop(msg.meta.get("ack"), None)  # type: ignore[arg-type]
+            book.outbox.pop(env.referenced_id(msg, "ack"), None)
         elif msg.kind == env.PING:
             link.queue(self._control(env.PONG, {}))
         elif msg.kind == env.BYE:
@@ -295,13 +374,31 @@ class TransportServer(IOLoop):
         elif msg.kind in (env.HELLO, env.WELCOME, env.REJECT, env.PONG):
             if msg.kind != env.PONG:
                 self._nack(link, msg.msg_id, "protocol", f"{msg.kind} is not expected in an open session")
+        elif msg.msg_id in book.seen:  # a resend of what the application already has
+            if msg.kind != env.NACK:
+                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
         else:  # data (and NACKs of our messages, which the application should see)
             if msg.kind == env.NACK:
-                book.outbox.pop(msg.meta.get("nack"), None)  # type: ignore[arg-type]
-            else:
-                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
-            if book.seen.add(msg.msg_id):
-                self._inbox.put((link.name, msg))
+                book.outbox.pop(env.referenced_id(msg, "nack"), None)
+            verdict = book.intake.offer(msg, size)
+            if verdict == "deliver":
+                self._deliver(link.name, book, msg, size, link)
+            elif verdict == "overflow":
+                self._bye(link, "backlog", f"more than {PARKED_MESSAGES} unacknowledged messages; wait for ACKs")
+
+    def _deliver(self, name: str, book: _PeerBook, msg: Message, size: int, link: Link | None) -> None:
+        book.seen.add(msg.msg_id)
+        if msg.kind != env.NACK and link is not None:
+            link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+        self._inbox.put((name, msg, size, book.intake))
+
+    def _unpark(self, name: str) -> None:
+        book = self._books.get(name)
+        if book is None:
+            return
+        link = self._links.get(book.ident) if book.ident is not None else None
+        for msg, size in book.intake.unpark():
+            self._deliver(name, book, msg, size, link)
 
     def _on_hello(self, ident: bytes, link: Link, raw: bytearray) -> None:
         try:
@@ -312,21 +409,27 @@ class TransportServer(IOLoop):
         cn = peer_common_name(link.channel.obj)
         link.peer = cn
         link.report_message("received", hello, len(raw))
-        refusal = admit(cn, hello, roster=self.roster, federation=self.federation, plan_hash=self.plan_hash)
+        cert = x509.load_der_x509_certificate(link.channel.obj.getpeercert(binary_form=True))
+        refusal = admit(cn, hello, roster=self.roster, federation=self.federation, plan_hash=self.plan_hash,
+                        role=peer_role(link.channel.obj))  # fmt: skip
+        if refusal is None and cert.serial_number in self._revoked:  # handshake began under the previous CRL
+            refusal = Refusal("certificate_revoked", f"the certificate of {cn!r} has been revoked")
         if refusal is not None:
             log.info("refused %s: %s", cn, refusal.detail)
             self._reject(link, refusal)
             return
-        self._welcome(ident, link, cn)
+        self._welcome(ident, link, cn, cert)
 
-    def _welcome(self, ident: bytes, link: Link, cn: str) -> None:
-        book = self._books.setdefault(cn, _PeerBook())
+    def _welcome(self, ident: bytes, link: Link, cn: str, cert: x509.Certificate) -> None:
+        book = self._book(cn)
         if book.ident is not None and book.ident != ident and book.ident in self._links:
-            self._drop(book.ident)  # the peer reconnected: its newer session wins
-        book.ident, link.name = ident, cn
+            self._drop(book.ident, "replaced by a newer session")  # the peer reconnected: its newer session wins
+        book.intake.parked.clear()  # held messages were never acknowledged: the client resends them
+        self._pending.remove(ident)
+        book.ident, link.name, link.serial = ident, cn, cert.serial_number
+        link.set_hook(self._hook)
         link.channel.max_message_bytes = self.max_message_bytes
         now = time.monotonic()
-        cert = x509.load_der_x509_certificate(link.channel.obj.getpeercert(binary_form=True))
         left = (cert.not_valid_after_utc - datetime.now(timezone.utc)).total_seconds()
         link.established, link.expires = now, now + max(0.0, min(self.session_lifetime, left))
         meta = {"max_message_bytes": self.max_message_bytes, "idle_timeout_s": self.idle_timeout,
@@ -369,13 +472,15 @@ class TransportServer(IOLoop):
 
     # -- I/O thread: bookkeeping --------------------------------------------
     def _timers(self, now: float) -> None:
+        if self._crl is not None and now >= self._next_crl:
+            self._next_crl = now + CRL_POLL_S
+            self._poll_crl(force=False)
         for ident, link in list(self._links.items()):
             if link.closing:
                 if now - link.last_tx > self.handshake_timeout:
                     self._drop(ident)  # could not even flush the refusal
             elif link.name is None and now - link.created > self.handshake_timeout:
-                log.info("handshake timeout for %s", link.peer)
-                self._drop(ident)
+                self._drop(ident, "handshake timeout")
             elif link.name is not None and now - link.last_rx > self.idle_timeout:
                 self._bye(link, "idle", f"no traffic for {self.idle_timeout:g} s")
             elif link.expires is not None and now > link.expires and not link.busy and not link.channel.mid_message:
@@ -386,19 +491,38 @@ class TransportServer(IOLoop):
         while len(self._dead) > 4096:
             self._dead.popitem(last=False)
 
-    def _drop(self, ident: bytes) -> None:
+    def _poll_crl(self, *, force: bool) -> None:
+        assert self._crl is not None
+        update = self._crl.poll(force=force)
+        if update is not None:
+            self._apply_crl(update)
+
+    def _apply_crl(self, update: CrlUpdate) -> None:
+        """New handshakes use the new CRL; live sessions of revoked certificates end now."""
+        self._ctx, self._revoked = update.context, update.revoked
+        for link in list(self._links.values()):
+            if link.name is not None and not link.closing and link.serial in update.revoked:
+                log.warning("ending the session of %s: its certificate has been revoked", link.name)
+                self._bye(link, "certificate_revoked", "this site's certificate has been revoked")
+
+    def _drop(self, ident: bytes, why: str = "") -> None:
         link = self._links.pop(ident, None)
         self._mark_dead(ident)
-        if link is not None and link.name is not None:
-            book = self._books.get(link.name)
-            if book is not None and book.ident == ident:
-                book.ident = None
+        self._pending.remove(ident)
+        if link is not None:
+            if why:
+                log.info("session of %s ended: %s", link.name or link.peer, why)
+            if link.name is not None:
+                book = self._books.get(link.name)
+                if book is not None and book.ident == ident:
+                    book.ident = None
+                    book.intake.parked.clear()  # unacknowledged: the client resends them
         self._refresh()
 
     def _refresh(self) -> None:
         names = [link.name for link in self._links.values() if link.name is not None and not link.closing]
         self._ready_names = frozenset(n for n in names if n is not None)
-        self._pending_count = sum(1 for link in self._links.values() if link.name is None)
+        self._pending_count = len(self._pending)
 
     def _on_crash(self, exc: BaseException) -> None:
         log.error("server I/O thread failed: %r", exc)

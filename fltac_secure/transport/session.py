@@ -6,13 +6,21 @@ interleave in the TLS stream), at most ``budget`` frames per ``flush`` so one
 large upload cannot starve the other peers of an I/O loop.  The link reports a
 ``WireEvent`` for each message fully handed to ZeroMQ and each one received.
 
-Also here: ``SeenIds`` (bounded de-duplication by message id) and ``Waker``
-(a pipe that lets API threads wake the I/O thread's poll).
+Bounds: a link holds at most ``MAX_JOBS`` queued messages (a peer that stops
+reading while it keeps sending is ``backlogged`` and its owner ends the
+session); a send to a ZeroMQ identity that has gone away marks the link
+``gone`` instead of raising; reported events carry at most ``MAX_FIELD_CHARS``
+of any peer-controlled string.
+
+Also here: ``SeenIds`` (bounded de-duplication by message id), ``Intake``
+(bounded delivery to the application with backpressure) and ``Waker`` (a pipe
+that lets API threads wake the I/O thread's poll).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -33,6 +41,9 @@ class SeenIds:
         self._ids: OrderedDict[int | str, None] = OrderedDict()
         self._capacity = capacity
 
+    def __contains__(self, msg_id: int | str) -> bool:
+        return msg_id in self._ids
+
     def add(self, msg_id: int | str) -> bool:
         """Record ``msg_id``; False if it was already seen (a duplicate)."""
         if msg_id in self._ids:
@@ -41,6 +52,73 @@ class SeenIds:
         if len(self._ids) > self._capacity:
             self._ids.popitem(last=False)
         return True
+
+
+MAX_JOBS = 1024
+"""Messages one link may have queued; more means the peer sends but does not read."""
+MAX_FIELD_CHARS = 64
+"""Longest peer-controlled string (peer, kind, msg_id) a ``WireEvent`` carries."""
+
+
+def _short(value: int | str) -> int | str:
+    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else value
+
+
+class Intake:
+    """Bounded hand-over of received messages to the application, with backpressure.
+
+    The I/O thread ``offer``s each received data message: it is delivered
+    (put on the application's queue and acknowledged) while fewer than
+    ``max_count`` messages and ``max_bytes`` bytes are waiting to be taken;
+    otherwise it is *parked*, unacknowledged, so a well-behaved sender (which
+    keeps a bounded window of unacknowledged messages) stops sending.  A sender
+    that overflows ``max_parked`` anyway is misbehaving: ``offer`` returns
+    "overflow" and its session is ended.  ``taken`` is called by the
+    application thread when it takes a message; ``unpark`` (I/O thread)
+    returns the parked messages that now fit.
+    """
+
+    def __init__(self, max_count: int, max_bytes: int, max_parked: int) -> None:
+        self.max_count, self.max_bytes, self.max_parked = max_count, max_bytes, max_parked
+        self._lock = threading.Lock()
+        self._count = 0
+        self._bytes = 0
+        self.parked: deque[tuple[Message, int]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self._count < self.max_count and (self._count == 0 or self._bytes + size <= self.max_bytes)
+
+    def offer(self, msg: Message, size: int) -> str:
+        """'deliver' (caller hands it over now), 'parked' or 'overflow'."""
+        with self._lock:
+            if not self.parked and self._fits(size):
+                self._count += 1
+                self._bytes += size
+                return "deliver"
+        if len(self.parked) >= self.max_parked:
+            return "overflow"
+        self.parked.append((msg, size))
+        return "parked"
+
+    def taken(self, size: int) -> None:
+        with self._lock:
+            self._count -= 1
+            self._bytes -= size
+
+    def unpark(self) -> list[tuple[Message, int]]:
+        out: list[tuple[Message, int]] = []
+        with self._lock:
+            while self.parked and self._fits(self.parked[0][1]):
+                msg, size = self.parked.popleft()
+                self._count += 1
+                self._bytes += size
+                out.append((msg, size))
+        return out
+
+    @property
+    def waiting(self) -> int:
+        """Messages delivered but not yet taken by the application."""
+        return self._count
 
 
 class Waker:
@@ -106,6 +184,9 @@ class Link:
         self.expires: float | None = None
         self.closing = False  # drop once the queue is flushed (after REJECT/BYE)
         self.blocked = False  # the last flush hit the high-water mark
+        self.gone = False  # ZeroMQ says the peer's connection no longer exists
+        self.source = ""  # the peer's address, as ZeroMQ reports it (server side)
+        self.serial: int | None = None  # the authenticated certificate's serial number (server side)
         self._hook = ledger_hook
         self._chunk = chunk_bytes
         self._jobs: deque[_Job] = deque()
@@ -113,6 +194,10 @@ class Link:
         self._frame: bytes | None = None
         self._rx_mark = 0
         self._tx_mark = 0
+
+    def set_hook(self, hook: LedgerHook | None) -> None:
+        """Where this link's events go from now on (a rate-limited hook until the peer is authorised)."""
+        self._hook = hook
 
     # -- outgoing ------------------------------------------------------------
     def queue(self, msg: Message) -> None:
@@ -125,6 +210,11 @@ class Link:
         """Queue ciphertext produced outside a message (handshake flights, alerts)."""
         if frame:
             self._jobs.append(_Job(Message("BYE", "", "", ""), -1, iter([frame])))
+
+    @property
+    def backlogged(self) -> bool:
+        """More than ``MAX_JOBS`` messages queued: the peer is not reading what it asks for."""
+        return len(self._jobs) > MAX_JOBS
 
     @property
     def busy(self) -> bool:
@@ -142,6 +232,11 @@ class Link:
                 sock.send_multipart([*self.route, self._frame], flags=zmq.NOBLOCK, copy=len(self._frame) < 65536)
             except zmq.Again:
                 self.blocked = True
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                self.gone = True  # ROUTER_MANDATORY: the peer's connection is gone; its owner drops the link
                 return
             self._frame = None
             self.last_tx = time.monotonic()
@@ -176,8 +271,8 @@ class Link:
         if self._hook is not None:
             self._hook(
                 WireEvent(
-                    time=time.time(), peer=self.name or self.peer, direction=direction, kind=kind,
-                    round=round_, msg_id=msg_id, elements=elements,
+                    time=time.time(), peer=str(_short(self.name or self.peer)), direction=direction,
+                    kind=str(_short(kind)), round=round_, msg_id=_short(msg_id), elements=elements,
                     payload_bytes=payload_bytes, wire_bytes=wire,
                 )  # fmt: skip
             )
