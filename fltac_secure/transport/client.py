@@ -26,7 +26,6 @@ import random
 import ssl
 import threading
 import time
-from collections import OrderedDict
 
 import zmq
 
@@ -40,7 +39,8 @@ from fltac_secure.transport.events import LedgerHook
 from fltac_secure.transport.loop import IOLoop
 from fltac_secure.transport.refusals import Waiter as _Waiter
 from fltac_secure.transport.refusals import tls_refusal
-from fltac_secure.transport.session import Intake, Link, SeenIds
+from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
+from fltac_secure.transport.session import Link
 from fltac_secure.transport.sockets import configure_socket
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,12 @@ class TransportClient(IOLoop):
         self._attempts = 0
         self._next_attempt = 0.0
         self._keepalive = stall_timeout / 3
-        self._outbox: OrderedDict[int | str, Message] = OrderedDict()
         self._in_flight: set[int | str] = set()
-        self._intake = Intake(16, 2 * max_message_bytes, 128)
         self._acks: dict[int | str, _Waiter] = {}
         self._replies: dict[int | str, _Waiter] = {}
-        self._seen = SeenIds()
-        self._inbox: queue.Queue[tuple[Message, int] | None] = queue.Queue()
+        self._inbox: queue.Queue[Delivery | None] = queue.Queue()
+        # the application waits on each message it sends, so the outbox never needs to drop one
+        self._mail = Mailroom("aggregator", self._inbox, Intake(16, 2 * max_message_bytes, 128), max_outbox=1 << 30)
         self._welcomed = _Waiter()
         self._fatal: TransportError | None = None
         self.server_limits: dict = {}
@@ -146,11 +145,9 @@ class TransportClient(IOLoop):
             self._inbox.put(None)  # every later caller must see the failure too
             self._raise_fatal()
             return None
-        msg, size = item
-        self._intake.taken(size)
-        if self._intake.parked:
+        if item.taken():
             self._submit("unpark")
-        return msg
+        return item.msg
 
     @property
     def connected(self) -> bool:
@@ -182,13 +179,14 @@ class TransportClient(IOLoop):
             cmd[1].set()
             return
         if cmd[0] == "unpark":
-            self._unpark()
+            if self._link is not None:
+                self._mail.unpark(self._acker(self._link))
             return
         _, msg, waiter, reply = cmd
         if self._fatal is not None:
             waiter.finish(self._fatal)
             return
-        self._outbox[msg.msg_id] = msg
+        self._mail.keep(msg)
         self._acks[msg.msg_id] = waiter
         if reply is not None:
             self._replies[msg.msg_id] = reply
@@ -198,7 +196,7 @@ class TransportClient(IOLoop):
         """Put outbox messages on the wire, oldest first, until ``WINDOW`` are unacknowledged."""
         if self._state != "ready" or self._link is None:
             return
-        for msg_id, msg in self._outbox.items():
+        for msg_id, msg in self._mail.outbox.items():
             if len(self._in_flight) >= WINDOW:
                 return
             if msg_id not in self._in_flight:
@@ -247,7 +245,7 @@ class TransportClient(IOLoop):
             self._sock.close(0)
         self._sock, self._link = None, None
         self._in_flight.clear()  # a new session sends them again
-        self._intake.parked.clear()  # never acknowledged: the server resends them
+        self._mail.forget_parked()
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -377,9 +375,9 @@ class TransportClient(IOLoop):
         if reason in FINAL_BYE:
             self._fail(TransportError(f"the aggregator ended the session: {detail}", reason))
             return
-        if reason not in ("session_expired", "idle", "backlog") and self._outbox:
+        if reason not in ("session_expired", "idle", "backlog") and self._mail.outbox:
             # messages are acknowledged in stream order: the oldest unacknowledged one ended the session
-            msg_id, culprit = next(iter(self._outbox.items()))
+            msg_id, culprit = next(iter(self._mail.outbox.items()))
             self._settle(msg_id, TransportError(f"the aggregator refused {culprit.kind} {msg_id}: {detail}", reason))
         self._retry(f"the aggregator ended the session ({reason}: {detail})")
 
@@ -393,33 +391,25 @@ class TransportClient(IOLoop):
             link.queue(self._control(env.PONG, {}))
         elif msg.kind in (env.PONG, env.HELLO, env.WELCOME):
             return
-        elif msg.msg_id in self._seen:  # a resend of what the application already has
-            link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
         else:
-            waiter = self._replies.pop(env.referenced_id(msg, "in_reply_to"), None)
-            if waiter is not None:
-                self._seen.add(msg.msg_id)
-                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+            ack = self._acker(link)
+            waiter = self._replies.get(env.referenced_id(msg, "in_reply_to"))  # type: ignore[arg-type]
+            if waiter is not None and msg.msg_id not in self._mail.seen:
+                del self._replies[msg.meta["in_reply_to"]]
+                self._mail.seen.add(msg.msg_id)
+                ack(msg)
                 waiter.finish(reply=msg)
-                return
-            verdict = self._intake.offer(msg, size)
-            if verdict == "deliver":
-                self._deliver(msg, size)
-            elif verdict == "overflow":
-                self._retry(f"the aggregator sent more than {self._intake.max_parked} unacknowledged messages")
+            elif self._mail.receive(msg, size, ack) == "overflow":
+                self._retry(f"the aggregator sent more than {self._mail.intake.max_parked} unacknowledged messages")
 
-    def _deliver(self, msg: Message, size: int) -> None:
-        self._seen.add(msg.msg_id)
-        if self._link is not None:
-            self._link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
-        self._inbox.put((msg, size))
+    def _acker(self, link: Link):  # type: ignore[no-untyped-def]
+        def ack(msg: Message) -> None:
+            link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
 
-    def _unpark(self) -> None:
-        for msg, size in self._intake.unpark():
-            self._deliver(msg, size)
+        return ack
 
     def _settle(self, msg_id: int | str | None, error: FltacError | None) -> None:
-        self._outbox.pop(msg_id, None)
+        self._mail.settle(msg_id)
         self._in_flight.discard(msg_id)
         self._fill_window()
         waiter = self._acks.pop(msg_id, None)

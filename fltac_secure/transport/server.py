@@ -41,7 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import zmq
@@ -58,7 +58,8 @@ from fltac_secure.transport.envelope import Message
 from fltac_secure.transport.events import LedgerHook, WireEvent
 from fltac_secure.transport.guard import EventGate, PendingTable
 from fltac_secure.transport.loop import IOLoop
-from fltac_secure.transport.session import Intake, Link, SeenIds
+from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
+from fltac_secure.transport.session import Link
 from fltac_secure.transport.sockets import configure_socket
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,8 @@ CRL_POLL_S = 1.0
 class _PeerBook:
     """What the server keeps per authenticated name, across that peer's sessions."""
 
-    intake: Intake
+    mail: Mailroom
     ident: bytes | None = None
-    outbox: OrderedDict[int | str, Message] = field(default_factory=OrderedDict)
-    seen: SeenIds = field(default_factory=SeenIds)
 
 
 class TransportServer(IOLoop):
@@ -132,7 +131,7 @@ class TransportServer(IOLoop):
         self._dead: OrderedDict[bytes, None] = OrderedDict()
         self._pending = PendingTable(max_pending, max_pending_per_source)
         self._gate = EventGate(rate=20.0, burst=200, what="ledger events of unauthorised peers")
-        self._inbox: queue.Queue[tuple[str, Message, int, Intake] | None] = queue.Queue()
+        self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._ready_names: frozenset[str] = frozenset()
         self._pending_count = 0
         self._started = threading.Event()
@@ -185,11 +184,9 @@ class TransportServer(IOLoop):
             self._inbox.put(None)  # every later caller must see the failure too
             self._check_alive()
             return None
-        name, msg, size, intake = item
-        intake.taken(size)
-        if intake.parked:
-            self._submit("unpark", name)
-        return name, msg
+        if item.taken():
+            self._submit("unpark", item.peer)
+        return item.peer, item.msg
 
     def peers(self) -> list[str]:
         """Names with an authenticated session right now."""
@@ -216,11 +213,7 @@ class TransportServer(IOLoop):
         if cmd[0] == "send":
             _, peer, msg = cmd
             book = self._book(peer)
-            if len(book.outbox) >= OUTBOX_MESSAGES:
-                old_id, old = book.outbox.popitem(last=False)
-                log.warning("%s has %d unacknowledged messages; dropping the oldest (%s %s)",
-                            peer, OUTBOX_MESSAGES, old.kind, old_id)  # fmt: skip
-            book.outbox[msg.msg_id] = msg
+            book.mail.keep(msg)
             if book.ident is not None and book.ident in self._links:
                 self._links[book.ident].queue(msg)
         elif cmd[0] == "unpark":
@@ -237,7 +230,8 @@ class TransportServer(IOLoop):
     def _book(self, name: str) -> _PeerBook:
         book = self._books.get(name)
         if book is None:
-            book = self._books[name] = _PeerBook(Intake(INBOX_MESSAGES, 2 * self.max_message_bytes, PARKED_MESSAGES))
+            intake = Intake(INBOX_MESSAGES, 2 * self.max_message_bytes, PARKED_MESSAGES)
+            book = self._books[name] = _PeerBook(Mailroom(name, self._inbox, intake, OUTBOX_MESSAGES))
         return book
 
     def _expire_all(self) -> None:
@@ -366,7 +360,7 @@ class TransportServer(IOLoop):
         assert link.name is not None
         book = self._book(link.name)
         if msg.kind == env.ACK:
-            book.outbox.pop(env.referenced_id(msg, "ack"), None)
+            book.mail.settle(env.referenced_id(msg, "ack"))
         elif msg.kind == env.PING:
             link.queue(self._control(env.PONG, {}))
         elif msg.kind == env.BYE:
@@ -374,31 +368,23 @@ class TransportServer(IOLoop):
         elif msg.kind in (env.HELLO, env.WELCOME, env.REJECT, env.PONG):
             if msg.kind != env.PONG:
                 self._nack(link, msg.msg_id, "protocol", f"{msg.kind} is not expected in an open session")
-        elif msg.msg_id in book.seen:  # a resend of what the application already has
-            if msg.kind != env.NACK:
-                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
         else:  # data (and NACKs of our messages, which the application should see)
             if msg.kind == env.NACK:
-                book.outbox.pop(env.referenced_id(msg, "nack"), None)
-            verdict = book.intake.offer(msg, size)
-            if verdict == "deliver":
-                self._deliver(link.name, book, msg, size, link)
-            elif verdict == "overflow":
+                book.mail.settle(env.referenced_id(msg, "nack"))
+            if book.mail.receive(msg, size, self._acker(link)) == "overflow":
                 self._bye(link, "backlog", f"more than {PARKED_MESSAGES} unacknowledged messages; wait for ACKs")
 
-    def _deliver(self, name: str, book: _PeerBook, msg: Message, size: int, link: Link | None) -> None:
-        book.seen.add(msg.msg_id)
-        if msg.kind != env.NACK and link is not None:
-            link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
-        self._inbox.put((name, msg, size, book.intake))
+    def _acker(self, link: Link | None):  # type: ignore[no-untyped-def]
+        def ack(msg: Message) -> None:
+            if link is not None and msg.kind != env.NACK:  # a NACK is never acknowledged
+                link.queue(self._control(env.ACK, {"ack": msg.msg_id}))
+
+        return ack
 
     def _unpark(self, name: str) -> None:
         book = self._books.get(name)
-        if book is None:
-            return
-        link = self._links.get(book.ident) if book.ident is not None else None
-        for msg, size in book.intake.unpark():
-            self._deliver(name, book, msg, size, link)
+        if book is not None:
+            book.mail.unpark(self._acker(self._links.get(book.ident) if book.ident is not None else None))
 
     def _on_hello(self, ident: bytes, link: Link, raw: bytearray) -> None:
         try:
@@ -424,7 +410,7 @@ class TransportServer(IOLoop):
         book = self._book(cn)
         if book.ident is not None and book.ident != ident and book.ident in self._links:
             self._drop(book.ident, "replaced by a newer session")  # the peer reconnected: its newer session wins
-        book.intake.parked.clear()  # held messages were never acknowledged: the client resends them
+        book.mail.forget_parked()
         self._pending.remove(ident)
         book.ident, link.name, link.serial = ident, cn, cert.serial_number
         link.set_hook(self._hook)
@@ -435,7 +421,7 @@ class TransportServer(IOLoop):
         meta = {"max_message_bytes": self.max_message_bytes, "idle_timeout_s": self.idle_timeout,
                 "session_lifetime_s": self.session_lifetime}  # fmt: skip
         link.queue(self._control(env.WELCOME, meta))
-        for msg in book.outbox.values():
+        for msg in book.mail.outbox.values():
             link.queue(msg)
         self._refresh()
 
@@ -516,7 +502,7 @@ class TransportServer(IOLoop):
                 book = self._books.get(link.name)
                 if book is not None and book.ident == ident:
                     book.ident = None
-                    book.intake.parked.clear()  # unacknowledged: the client resends them
+                    book.mail.forget_parked()
         self._refresh()
 
     def _refresh(self) -> None:

@@ -12,17 +12,14 @@ session); a send to a ZeroMQ identity that has gone away marks the link
 ``gone`` instead of raising; reported events carry at most ``MAX_FIELD_CHARS``
 of any peer-controlled string.
 
-Also here: ``SeenIds`` (bounded de-duplication by message id), ``Intake``
-(bounded delivery to the application with backpressure) and ``Waker`` (a pipe
-that lets API threads wake the I/O thread's poll).
+Also here: ``Waker`` (a pipe that lets API threads wake the I/O thread's poll).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,26 +31,6 @@ from fltac_secure.transport.envelope import Message
 from fltac_secure.transport.events import Direction, LedgerHook, WireEvent
 
 
-class SeenIds:
-    """The last ``capacity`` message ids seen from one peer (for exactly-once delivery)."""
-
-    def __init__(self, capacity: int = 65536) -> None:
-        self._ids: OrderedDict[int | str, None] = OrderedDict()
-        self._capacity = capacity
-
-    def __contains__(self, msg_id: int | str) -> bool:
-        return msg_id in self._ids
-
-    def add(self, msg_id: int | str) -> bool:
-        """Record ``msg_id``; False if it was already seen (a duplicate)."""
-        if msg_id in self._ids:
-            return False
-        self._ids[msg_id] = None
-        if len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-        return True
-
-
 MAX_JOBS = 1024
 """Messages one link may have queued; more means the peer sends but does not read."""
 MAX_FIELD_CHARS = 64
@@ -62,63 +39,6 @@ MAX_FIELD_CHARS = 64
 
 def _short(value: int | str) -> int | str:
     return value[:MAX_FIELD_CHARS] if isinstance(value, str) else value
-
-
-class Intake:
-    """Bounded hand-over of received messages to the application, with backpressure.
-
-    The I/O thread ``offer``s each received data message: it is delivered
-    (put on the application's queue and acknowledged) while fewer than
-    ``max_count`` messages and ``max_bytes`` bytes are waiting to be taken;
-    otherwise it is *parked*, unacknowledged, so a well-behaved sender (which
-    keeps a bounded window of unacknowledged messages) stops sending.  A sender
-    that overflows ``max_parked`` anyway is misbehaving: ``offer`` returns
-    "overflow" and its session is ended.  ``taken`` is called by the
-    application thread when it takes a message; ``unpark`` (I/O thread)
-    returns the parked messages that now fit.
-    """
-
-    def __init__(self, max_count: int, max_bytes: int, max_parked: int) -> None:
-        self.max_count, self.max_bytes, self.max_parked = max_count, max_bytes, max_parked
-        self._lock = threading.Lock()
-        self._count = 0
-        self._bytes = 0
-        self.parked: deque[tuple[Message, int]] = deque()
-
-    def _fits(self, size: int) -> bool:
-        return self._count < self.max_count and (self._count == 0 or self._bytes + size <= self.max_bytes)
-
-    def offer(self, msg: Message, size: int) -> str:
-        """'deliver' (caller hands it over now), 'parked' or 'overflow'."""
-        with self._lock:
-            if not self.parked and self._fits(size):
-                self._count += 1
-                self._bytes += size
-                return "deliver"
-        if len(self.parked) >= self.max_parked:
-            return "overflow"
-        self.parked.append((msg, size))
-        return "parked"
-
-    def taken(self, size: int) -> None:
-        with self._lock:
-            self._count -= 1
-            self._bytes -= size
-
-    def unpark(self) -> list[tuple[Message, int]]:
-        out: list[tuple[Message, int]] = []
-        with self._lock:
-            while self.parked and self._fits(self.parked[0][1]):
-                msg, size = self.parked.popleft()
-                self._count += 1
-                self._bytes += size
-                out.append((msg, size))
-        return out
-
-    @property
-    def waiting(self) -> int:
-        """Messages delivered but not yet taken by the application."""
-        return self._count
 
 
 class Waker:

@@ -26,7 +26,8 @@ from fltac_secure.transport import Message
 from fltac_secure.transport.codec import PREFIX, encode
 from fltac_secure.transport.events import WireEvent
 from fltac_secure.transport.guard import EventGate, PendingTable
-from fltac_secure.transport.session import MAX_FIELD_CHARS, Intake
+from fltac_secure.transport.delivery import Intake
+from fltac_secure.transport.session import MAX_FIELD_CHARS
 
 from transport_helpers import (
     DATA, FED, PLAN, ROSTER, RawPeer, assert_serves_good_client, cctx, data_msg, make_client, sctx, start_server,
