@@ -40,7 +40,7 @@ from fltac_secure.federation.rounds import Assignment, ServerState, server_aggre
 from fltac_secure.federation.storage import append_jsonl, pin_plan
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.pki.crl import CrlWatch
-from fltac_secure.plan import Plan, Site, plan_hash
+from fltac_secure.plan import Plan, Site, plan_hash, section_hashes
 from fltac_secure.transport.envelope import NACK, Message
 from fltac_secure.transport.server import TransportServer
 
@@ -126,6 +126,7 @@ class Aggregator:
             max_message_bytes=fm.message_limit(self.plan.limits.max_message_mb, self.shapes, len(self.plan.tasks)),
             handshake_timeout=t.handshake_s, idle_timeout=t.idle_s, session_lifetime=t.rehandshake_s,
             ledger_hook=Ledger(self.workspace / LEDGER_NAME, self.site.name), crl_watch=crl_watch,
+            plan_sections=section_hashes(self.plan),
         ).start()  # fmt: skip
         self.endpoint = self.server.endpoint
         self.log.info(f"listening on {self.endpoint} for federation {self.plan.federation!r} "

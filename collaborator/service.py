@@ -33,7 +33,7 @@ from fltac_secure.federation import messages as fm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.storage import pin_plan
-from fltac_secure.plan import Plan, Site, plan_hash
+from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
 from fltac_secure.transport.client import TransportClient
 from fltac_secure.transport.envelope import Message
 
@@ -85,6 +85,7 @@ class Collaborator:
             max_message_bytes=fm.message_limit(self.plan.limits.max_message_mb, self.shapes, len(self.plan.tasks)),
             handshake_timeout=self.plan.timeouts.handshake_s, stall_timeout=self.stall_timeout,
             ledger_hook=Ledger(Path(self.site.workspace) / LEDGER_NAME, self.site.name),
+            hello_meta={"plan_sections": hello_sections(self.plan)},
         )  # fmt: skip
 
     def setup(self) -> None:

@@ -75,13 +75,14 @@ def collaborator_ping(
 ) -> None:
     """Connect and handshake only: print OK, or the exact reason the aggregator refused (exit 1)."""
     from fltac_secure.pki import context_for_site
-    from fltac_secure.plan import plan_hash
+    from fltac_secure.plan import hello_sections, plan_hash
     from fltac_secure.transport.client import TransportClient
 
     plan, site = _load(plan_path, site_path, "collaborator")
     client = TransportClient(site.aggregator or "", context_for_site(site), site.name, plan.federation,
                              plan_hash(plan), server_hostname=site.server_name,
-                             handshake_timeout=plan.timeouts.handshake_s, max_attempts=3)
+                             handshake_timeout=plan.timeouts.handshake_s, max_attempts=3,
+                             hello_meta={"plan_sections": hello_sections(plan)})
     try:
         client.connect(timeout=timeout)
     except TransportError as exc:

@@ -109,3 +109,18 @@ def canonical_json(plan: Plan) -> str:
 def plan_hash(plan: Plan) -> str:
     """SHA-256 (hex) of the canonical serialisation; independent of key order and comments."""
     return hashlib.sha256(canonical_json(plan).encode("ascii")).hexdigest()
+
+
+def section_hashes(plan: Plan) -> dict[str, str]:
+    """A short SHA-256 per top-level plan section, so two sites whose plan hashes differ
+    can name the sections that differ without sending the plan itself (``hello_sections``)."""
+    dump = plan.model_dump(mode="json")
+    return {
+        key: hashlib.sha256(json.dumps(dump[key], sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+        for key in sorted(dump)
+    }
+
+
+def hello_sections(plan: Plan) -> list[str]:
+    """``section_hashes`` as the "section=hash" strings a site sends in its HELLO."""
+    return [f"{k}={v}" for k, v in section_hashes(plan).items()]

@@ -17,7 +17,7 @@ Each refusal carries a reason code for programs and a sentence for people.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from fltac_secure.transport.envelope import HELLO, Message
@@ -31,8 +31,18 @@ class Refusal:
     detail: str
 
 
+def differing_sections(theirs: object, ours: Mapping[str, str]) -> list[str]:
+    """Plan sections whose hashes differ; ``theirs`` is HELLO meta ``plan_sections``, a list of
+    "section=hash" strings (``plan.section_hashes``); [] if the client sent none."""
+    if not isinstance(theirs, list) or not ours:
+        return []
+    pairs = dict(item.split("=", 1) for item in theirs[:64] if isinstance(item, str) and "=" in item)
+    return sorted(k for k in ours if pairs.get(k) != ours[k])  # only our own section names are ever echoed
+
+
 def admit(
-    cn: str, hello: Message, *, roster: Collection[str], federation: str, plan_hash: str, role: str | None
+    cn: str, hello: Message, *, roster: Collection[str], federation: str, plan_hash: str, role: str | None,
+    plan_sections: Mapping[str, str] | None = None,
 ) -> Refusal | None:
     """None if the peer may proceed, else the first ``Refusal`` in the fixed order."""
     if hello.kind != HELLO:
@@ -56,9 +66,11 @@ def admit(
             "wrong_federation", f"client is in federation {hello.federation!r}, this aggregator runs {federation!r}"
         )
     if hello.plan_hash != plan_hash:
+        differ = differing_sections(hello.meta.get("plan_sections"), plan_sections or {})
+        where = f" (sections that differ: {', '.join(differ)})" if differ else ""
         return Refusal(
             "plan_mismatch",
-            f"client runs plan {hello.plan_hash[:12]!r}, this aggregator runs plan {plan_hash[:12]!r}; "
-            "use the same plan.yaml at every site",
+            f"client runs plan {hello.plan_hash[:12]!r}, this aggregator runs plan {plan_hash[:12]!r}{where}; "
+            "use the same plan.yaml at every site (`fltac plan show` prints it with every default filled in)",
         )
     return None

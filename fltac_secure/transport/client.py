@@ -35,7 +35,7 @@ from fltac_secure.transport import envelope as env
 from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
 from fltac_secure.transport.codec import decode
 from fltac_secure.transport.envelope import Message
-from fltac_secure.transport.events import LedgerHook
+from fltac_secure.transport.events import HookFailed, LedgerHook
 from fltac_secure.transport.loop import IOLoop
 from fltac_secure.transport.refusals import Waiter as _Waiter
 from fltac_secure.transport.refusals import tls_refusal
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 WINDOW = 8
 """Messages sent but not yet acknowledged; the rest wait in the outbox."""
 FINAL_BYE = frozenset({"certificate_revoked"})
+RETRY_REJECT = frozenset({"duplicate_session"})
+"""Refusals that may clear by themselves (the other session is going away): retried, then final."""
 """Reasons for which the server ends a session that a new handshake cannot fix."""
 
 
@@ -73,6 +75,7 @@ class TransportClient(IOLoop):
         max_attempts: int = 8,
         chunk_bytes: int = CHUNK_BYTES,
         ledger_hook: LedgerHook | None = None,
+        hello_meta: dict | None = None,
     ) -> None:
         if max_attempts < 1 or backoff_base <= 0 or backoff_max < backoff_base:
             raise ConfigError("need max_attempts >= 1 and 0 < backoff_base <= backoff_max")
@@ -100,6 +103,7 @@ class TransportClient(IOLoop):
         self._welcomed = _Waiter()
         self._fatal: TransportError | None = None
         self.server_limits: dict = {}
+        self._hello_meta = {**(hello_meta or {}), "name": name}
 
     # -- public API ----------------------------------------------------------
     def connect(self, timeout: float | None = None) -> TransportClient:
@@ -311,7 +315,7 @@ class TransportClient(IOLoop):
                         "(extended key usage must be serverAuth alone); check the aggregator address", "wrong_role"))
                     return
                 link.peer = peer_common_name(link.channel.obj)
-                link.queue(self._control(env.HELLO, {"name": self.name}))
+                link.queue(self._control(env.HELLO, self._hello_meta))
                 self._state = "hello"
             for raw in link.channel.messages():
                 self._on_message(link, raw)
@@ -326,6 +330,8 @@ class TransportClient(IOLoop):
             self._retry("the aggregator closed the session")
         except ProtocolError as exc:
             self._retry(f"undecodable stream from the aggregator ({exc})")
+        except HookFailed:
+            raise  # our own failure (the ledger cannot be written): stop, say why
         except Exception as exc:  # whatever the server's bytes caused, start a clean session
             self._retry(f"the aggregator's data raised {exc!r}")
 
@@ -344,7 +350,10 @@ class TransportClient(IOLoop):
         link.report_message("received", msg, len(raw))
         if msg.kind == env.REJECT:
             reason, detail = str(msg.meta.get("reason", "rejected")), str(msg.meta.get("detail", ""))
-            self._fail(TransportError(f"the aggregator refused this site: {detail}", reason))
+            if reason in RETRY_REJECT and self._attempts < self._backoff[2]:
+                self._retry(f"the aggregator refused this session for now: {detail}")
+            else:
+                self._fail(TransportError(f"the aggregator refused this site: {detail}", reason))
         elif self._state == "hello":
             self._on_welcome(link, msg)
         elif msg.kind == env.BYE:

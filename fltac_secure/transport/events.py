@@ -37,3 +37,11 @@ class WireEvent:
 
 
 LedgerHook = Callable[[WireEvent], None]
+
+
+class HookFailed(Exception):
+    """The ledger hook itself failed (a full disk, say): the process's own failure, never a peer's.
+
+    The per-peer error boundaries let it through, so the I/O loop stops and
+    every caller gets the reason, instead of every session being dropped in turn.
+    """

@@ -55,7 +55,7 @@ from fltac_secure.transport.admission import Refusal, admit
 from fltac_secure.transport.channel import CHUNK_BYTES, PREAUTH_MAX_BYTES, PeerClosed, TlsChannel
 from fltac_secure.transport.codec import decode, decode_header
 from fltac_secure.transport.envelope import Message
-from fltac_secure.transport.events import LedgerHook, WireEvent
+from fltac_secure.transport.events import HookFailed, LedgerHook, WireEvent
 from fltac_secure.transport.guard import EventGate, PendingTable
 from fltac_secure.transport.loop import IOLoop
 from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
@@ -109,6 +109,7 @@ class TransportServer(IOLoop):
         chunk_bytes: int = CHUNK_BYTES,
         ledger_hook: LedgerHook | None = None,
         crl_watch: CrlWatch | None = None,
+        plan_sections: dict[str, str] | None = None,
     ) -> None:
         if not roster:
             raise ConfigError("the roster is empty; a server with no authorised peers cannot serve anyone")
@@ -139,6 +140,7 @@ class TransportServer(IOLoop):
         self._next_timers = 0.0
         self._crl, self._next_crl = crl_watch, 0.0
         self._revoked: frozenset[int] = crl_watch.revoked if crl_watch is not None else frozenset()
+        self._plan_sections = dict(plan_sections or {})
         self.endpoint: str | None = None
 
     # -- public API ----------------------------------------------------------
@@ -255,6 +257,8 @@ class TransportServer(IOLoop):
         for ident, link in list(self._links.items()):
             try:
                 link.flush(self._sock)
+            except HookFailed:
+                raise  # our own failure: stop, say why
             except Exception as exc:  # the per-peer boundary, outgoing side
                 self._drop(ident, f"send failed ({exc!r})")
                 continue
@@ -322,6 +326,8 @@ class TransportServer(IOLoop):
                 link.closing = True
             else:
                 self._bye(link, exc.reason, str(exc))
+        except HookFailed:
+            raise  # our own failure (the ledger cannot be written), not the peer's
         except Exception as exc:  # THE per-peer boundary: whatever this peer's bytes caused, only it pays
             log.warning("dropping %s: its data raised %r", link.name or link.peer, exc)
             self._drop(ident)
@@ -397,19 +403,40 @@ class TransportServer(IOLoop):
         link.report_message("received", hello, len(raw))
         cert = x509.load_der_x509_certificate(link.channel.obj.getpeercert(binary_form=True))
         refusal = admit(cn, hello, roster=self.roster, federation=self.federation, plan_hash=self.plan_hash,
-                        role=peer_role(link.channel.obj))  # fmt: skip
+                        role=peer_role(link.channel.obj), plan_sections=self._plan_sections)  # fmt: skip
         if refusal is None and cert.serial_number in self._revoked:  # handshake began under the previous CRL
             refusal = Refusal("certificate_revoked", f"the certificate of {cn!r} has been revoked")
+        if refusal is None:
+            refusal = self._one_session(ident, cn)
         if refusal is not None:
-            log.info("refused %s: %s", cn, refusal.detail)
+            log.warning("refused %s from %s: %s", cn, link.source or "?", refusal.detail)
             self._reject(link, refusal)
             return
         self._welcome(ident, link, cn, cert)
 
+    def _one_session(self, ident: bytes, cn: str) -> Refusal | None:
+        """One live session per certificate name: a second one is refused while the first is alive.
+
+        A site that restarted left a dead connection behind: ZeroMQ knows it is
+        gone, so a probe (a PING) to it fails and the new session takes over.  A
+        second process with the same certificate finds the first one alive and
+        is refused; it retries a few times (the first may be going away) and then
+        stops with this reason.
+        """
+        book = self._books.get(cn)
+        old = self._links.get(book.ident) if book is not None and book.ident not in (None, ident) else None
+        if old is None or old.closing or book is None or book.ident is None:
+            return None
+        old.queue(self._control(env.PING, {}))
+        old.flush(self._sock)  # raises nothing: a vanished peer only sets ``gone``
+        if old.gone:
+            self._drop(book.ident, "replaced by a newer session (the old connection is gone)")
+            return None
+        return Refusal("duplicate_session", f"another process holding the certificate of {cn!r} is connected "
+                       f"from {old.source or 'an unknown address'}; stop it (only one may run per site)")
+
     def _welcome(self, ident: bytes, link: Link, cn: str, cert: x509.Certificate) -> None:
         book = self._book(cn)
-        if book.ident is not None and book.ident != ident and book.ident in self._links:
-            self._drop(book.ident, "replaced by a newer session")  # the peer reconnected: its newer session wins
         book.mail.forget_parked()
         self._pending.remove(ident)
         book.ident, link.name, link.serial = ident, cn, cert.serial_number

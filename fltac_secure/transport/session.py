@@ -28,7 +28,7 @@ import zmq
 from fltac_secure.transport.channel import CHUNK_BYTES, TlsChannel
 from fltac_secure.transport.codec import encode_parts
 from fltac_secure.transport.envelope import Message
-from fltac_secure.transport.events import Direction, LedgerHook, WireEvent
+from fltac_secure.transport.events import Direction, HookFailed, LedgerHook, WireEvent
 
 
 MAX_JOBS = 1024
@@ -188,7 +188,9 @@ class Link:
             wire, self._tx_mark = self.channel.tx_wire - self._tx_mark, self.channel.tx_wire
         else:
             wire, self._rx_mark = self.channel.rx_wire - self._rx_mark, self.channel.rx_wire
-        if self._hook is not None:
+        if self._hook is None:
+            return
+        try:
             self._hook(
                 WireEvent(
                     time=time.time(), peer=str(_short(self.name or self.peer)), direction=direction,
@@ -196,3 +198,5 @@ class Link:
                     payload_bytes=payload_bytes, wire_bytes=wire,
                 )  # fmt: skip
             )
+        except Exception as exc:
+            raise HookFailed(f"recording a message in the ledger failed: {exc!r}") from exc

@@ -356,3 +356,23 @@ def test_peer_ignoring_backpressure_loses_its_session(server, pki):
         peer.close()
     assert len(_drain(server)) == 8  # what fitted the peer's inbox share was delivered; nothing more
     assert_serves_good_client(server, pki)
+
+
+def test_ledger_that_cannot_be_written_stops_the_server_with_the_reason(pki):
+    """A full disk is the server's own failure: it stops and says why, instead of dropping every peer in turn."""
+
+    def full_disk(_event: WireEvent) -> None:
+        raise OSError(28, "No space left on device")
+
+    server = start_server(pki, ledger_hook=full_disk)
+    try:
+        client = make_client(server.endpoint, cctx(pki, "site1"), "site1", max_attempts=1)
+        with pytest.raises(TransportError):
+            client.connect(timeout=5)
+        client.close()
+        assert wait_for(lambda: server._crash is not None)
+        with pytest.raises(TransportError) as info:
+            server.recv(timeout=1)
+        assert "No space left on device" in str(info.value)
+    finally:
+        server.close()
