@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from fltac_secure.cli.common import console
-from fltac_secure.errors import ConfigError, TransportError
+from fltac_secure.errors import ConfigError, FltacError, TransportError
 
 aggregator_app = typer.Typer(help="Run the aggregator of a federation.", no_args_is_help=True)
 collaborator_app = typer.Typer(help="Run or check a collaborator site.", no_args_is_help=True)
@@ -26,6 +29,28 @@ def _threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+class Stopped(FltacError):
+    """The operator stopped a role (Ctrl-C or SIGTERM); exit code 128 + the signal, as shells expect."""
+
+
+@contextmanager
+def _stoppable(saved: str) -> Iterator[None]:
+    """Turn SIGTERM (like Ctrl-C) into an orderly stop: the role unwinds (closing its connection),
+    and the CLI says what is saved and how to resume, instead of vanishing silently."""
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        name = str(exc) or "SIGINT"
+        code = 128 + int(getattr(signal, name, signal.SIGINT))
+        raise Stopped(f"stopped by {name}; {saved}; run the same command to resume", exit_code=code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load(plan_path: Path, site_path: Path, role: str):  # type: ignore[no-untyped-def]
@@ -49,7 +74,8 @@ def aggregator_start(
     from aggregator.service import Aggregator
 
     plan, site = _load(plan_path, site_path, "aggregator")
-    state = Aggregator(plan, site).run()
+    with _stoppable(f"the last completed round is checkpointed in {site.workspace / 'state'}"):
+        state = Aggregator(plan, site).run()
     console.print(f"federation {plan.federation!r} finished {state.round} round(s); outputs in {site.workspace / 'out'}")
 
 
@@ -64,7 +90,8 @@ def collaborator_start(
     from collaborator.service import Collaborator
 
     plan, site = _load(plan_path, site_path, "collaborator")
-    Collaborator(plan, site).run()
+    with _stoppable(f"this site's privacy ledger and cached round results are in {site.workspace / 'state'}"):
+        Collaborator(plan, site).run()
 
 
 @collaborator_app.command("ping")
