@@ -86,6 +86,7 @@ class TlsChannel:
         self._prefix = bytearray(PREFIX_SIZE)
         self._got = 0
         self._buf: bytearray | None = None
+        self.peer_closed = False  # close_notify came after the messages last returned
 
     # -- handshake and raw bytes ------------------------------------------
     def handshake(self) -> bool:
@@ -145,11 +146,22 @@ class TlsChannel:
         ``PeerClosed`` on close_notify and ``ssl.SSLError`` on a broken stream.
         """
         done: list[bytearray] = []
+        try:
+            self._assemble(done)
+        except PeerClosed:
+            if not done:
+                raise
+            self.peer_closed = True  # hand over what arrived before the close; the caller ends the session
+        return done
+
+    def _assemble(self, done: list[bytearray]) -> None:
+        if self.peer_closed:
+            raise PeerClosed("peer closed the TLS session")
         while True:
             if self._buf is None:
                 n = self._read_into(memoryview(self._prefix)[self._got :])
                 if n < 0:
-                    return done
+                    return
                 self._got += n
                 if self._got < PREFIX_SIZE:
                     continue
@@ -159,7 +171,7 @@ class TlsChannel:
             if self._got < len(self._buf):
                 n = self._read_into(memoryview(self._buf)[self._got :])
                 if n < 0:
-                    return done
+                    return
                 self._got += n
             if self._got == len(self._buf):
                 done.append(self._buf)

@@ -321,6 +321,8 @@ class TransportClient(IOLoop):
                 self._on_message(link, raw)
                 if self._link is not link:
                     return
+            if link.channel.peer_closed:
+                raise PeerClosed("the aggregator closed the TLS session")
         except ssl.SSLError as exc:
             if established:
                 self._retry(f"TLS stream broke ({exc.reason or exc})")

@@ -174,9 +174,9 @@ def _st_entry(name: str, entry: Any) -> tuple[np.dtype, tuple[int, ...], int, in
         raise ProtocolError(f"safetensors entry {name!r} is malformed", "bad_safetensors")
     dtype = ST_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     shape, offs = entry["shape"], entry["data_offsets"]
-    ints_ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offs])
     if dtype is None or not isinstance(shape, list) or len(shape) > 16 or not isinstance(offs, list):
         raise ProtocolError(f"safetensors entry {name!r} has a bad dtype or shape", "bad_safetensors")
+    ints_ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offs])
     if len(offs) != 2 or not ints_ok or offs[1] < offs[0]:
         raise ProtocolError(f"safetensors entry {name!r} has bad offsets", "bad_safetensors")
     if any(dim > MAX_DIM for dim in shape):

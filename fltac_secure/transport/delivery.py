@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class SeenIds:
     """The last ``capacity`` message ids seen from one peer (for exactly-once delivery)."""
 
-    def __init__(self, capacity: int = 65536) -> None:
+    def __init__(self, capacity: int = 4096) -> None:  # resends come from a bounded outbox: far fewer
         self._ids: OrderedDict[int | str, None] = OrderedDict()
         self._capacity = capacity
 

@@ -343,6 +343,8 @@ class TransportServer(IOLoop):
             self._on_message(ident, link, raw)
             if link.closing or ident not in self._links:
                 return
+        if link.channel.peer_closed:
+            raise PeerClosed("peer closed the TLS session")
 
     # -- I/O thread: messages -----------------------------------------------
     def _on_message(self, ident: bytes, link: Link, raw: bytearray) -> None:
@@ -375,8 +377,9 @@ class TransportServer(IOLoop):
             if msg.kind != env.PONG:
                 self._nack(link, msg.msg_id, "protocol", f"{msg.kind} is not expected in an open session")
         else:  # data (and NACKs of our messages, which the application should see)
-            if msg.kind == env.NACK:
-                book.mail.settle(env.referenced_id(msg, "nack"))
+            if msg.kind == env.NACK and book.mail.settle(env.referenced_id(msg, "nack")) is None:
+                log.info("ignored a NACK from %s of a message it was never sent", link.name)
+                return
             if book.mail.receive(msg, size, self._acker(link)) == "overflow":
                 self._bye(link, "backlog", f"more than {PARKED_MESSAGES} unacknowledged messages; wait for ACKs")
 

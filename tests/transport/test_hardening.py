@@ -376,3 +376,20 @@ def test_ledger_that_cannot_be_written_stops_the_server_with_the_reason(pki):
         assert "No space left on device" in str(info.value)
     finally:
         server.close()
+
+
+def test_message_and_close_in_one_frame_is_delivered_then_closed(server, pki):
+    peer = RawPeer(server.endpoint, cctx(pki, "site1"))
+    try:
+        peer.authenticate("site1")
+        peer.obj.write(encode(Message(DATA, FED, PLAN, "site1", 1, "last", {}, {"w": np.ones(4, np.float32)})))
+        try:
+            peer.obj.unwrap()  # close_notify, queued behind the message
+        except ssl.SSLWantReadError:
+            pass
+        peer.flush()  # both in one ZeroMQ frame
+        got = server.recv(timeout=5)
+        assert got is not None and got[1].msg_id == "last"
+        assert wait_for(lambda: "site1" not in server.peers())
+    finally:
+        peer.close()
