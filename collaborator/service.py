@@ -91,6 +91,9 @@ class Collaborator:
     def setup(self) -> None:
         """Pin the plan, load data and model (tokenised once), open the DP ledger; ``run`` calls it."""
         pin_plan(Path(self.site.workspace), self.plan)
+        stale = self.ws.remove_stale_temps()
+        if stale:
+            self.log.warn(f"removed {stale} stale temp file(s) left in {self.ws.root / 'state'} by interrupted writes")
         self.log.info(f"loading data and model for task(s) {', '.join(self.ws.tasks)}")
         self.ws.load()
         self.cache = self.ws.load_cache()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fltac_secure.atomic import remove_stale_temps
 from fltac_secure.errors import StateError
 from fltac_secure.federation.rounds import ClientSlot, SlotResult, slot_key
 from fltac_secure.federation.storage import append_jsonl, read_json, read_tensors, write_json, write_tensors
@@ -84,6 +85,10 @@ class SiteWorkspace:
         return [s.n_samples for s in self.slots]
 
     # -- state -------------------------------------------------------------------
+    def remove_stale_temps(self) -> int:
+        """Delete temp files that killed atomic writes left in ``state/`` (call at start); returns how many."""
+        return len(remove_stale_temps(self.root / STATE))
+
     def read_state(self) -> dict[str, Any]:
         path = self.root / STATE / "collaborator.json"
         if not path.is_file():
