@@ -101,7 +101,7 @@ class Aggregator:
         self.join_window = float(join_window if join_window is not None else plan.timeouts.round_s)
         self.faults = faults or Faults()
         self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
-        self.store = CheckpointStore(self.workspace, self.hash)
+        self.store = CheckpointStore(self.workspace, self.hash, plan, vector_size=self.shapes.vector_size, log=self.log)
         self.members: dict[str, Member] = {}
         self.joined: set[str] = set()
         self.phase: Phase | None = None
@@ -141,6 +141,7 @@ class Aggregator:
         return state
 
     def _load_or_init(self) -> ServerState:
+        self.store.remove_stale_temps()
         if self.store.exists:
             ckpt = self.store.load()
             self.members = {s: Member(s, c, ckpt.tasks.get(s)) for s, c in ckpt.members.items()}

@@ -40,10 +40,23 @@ def read_json(path: Path, what: str) -> Any:
         raise StateError(f"{what} {path} is unreadable or corrupt ({exc}); remove the workspace's state/ to start over") from None
 
 
+def encode_tensors(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:
+    """Arrays as the bytes of one safetensors file (what ``write_tensors`` writes)."""
+    data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    return st_save(data, metadata=dict(meta) if meta else None)
+
+
+def decode_tensors(raw: bytes) -> dict[str, np.ndarray]:
+    """Inverse of ``encode_tensors``; ValueError (never a safetensors-specific error) if ``raw`` is not one."""
+    try:
+        return st_load(raw)
+    except SafetensorError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def write_tensors(path: Path, tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> None:
     """Arrays as one safetensors file, atomically."""
-    data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(data, metadata=dict(meta) if meta else None))
+    atomic_write_bytes(path, encode_tensors(tensors, meta))
 
 
 def read_tensors(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -52,8 +65,8 @@ def read_tensors(path: Path, what: str) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise StateError(f"{what} {path} is missing") from None
     try:
-        return st_load(raw)
-    except (SafetensorError, ValueError) as exc:
+        return decode_tensors(raw)
+    except ValueError as exc:
         raise StateError(f"{what} {path} is corrupt ({exc}); remove the workspace's state/ to start over") from None
 
 

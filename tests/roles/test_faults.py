@@ -65,6 +65,37 @@ def test_aggregator_restart_resumes_and_matches(tmp_path: Path) -> None:
     assert_same_state(state, want)
 
 
+def test_aggregator_restart_over_a_damaged_checkpoint_resumes_from_the_previous_and_matches(tmp_path: Path) -> None:
+    """Issue 10: one flipped data byte in the newest checkpoint; a temp file left by a kill.  Nothing is lost."""
+    from aggregator.service import Faults, SimulatedCrash
+
+    fed = make_fed(tmp_path / "fed", tiny_plan(rounds=3))
+    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
+    first = start(fed.aggregator(faults=Faults(crash_after_round=1)))
+    first.join(180)
+    assert first.error and isinstance(first.error[0], SimulatedCrash)
+    state_dir = fed.layout.aggregator / "state"
+    newest = state_dir / "server-000002.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0x01
+    newest.write_bytes(bytes(data))
+    stale = state_dir / ".checkpoint.json.k1ll3d_0.tmp"
+    stale.write_text("left by a writer killed before its rename")
+    second_obj = fed.aggregator()
+    second = start(second_obj)
+    state = second.join(240)
+    assert not second.error, second.error
+    assert second_obj.store.loaded_from == state_dir / "checkpoint.prev.json"
+    assert not stale.exists()
+    assert [row["round"] for row in second_obj.history] == [0, 1, 2]  # round 1 ran again
+    for run in cols.values():
+        run.join(60)
+        assert not run.error, run.error
+    want, labels = simulate_fltac(fed.plan, fed.layout.root)
+    assert [row["clusters"] for row in second_obj.history] == labels
+    assert_same_state(state, want)
+
+
 def _intruder(fed: Fed, tmp: Path) -> Any:
     """A site enrolled with the federation's CA but absent from the roster."""
     from collaborator.service import Collaborator
