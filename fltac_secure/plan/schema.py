@@ -141,6 +141,25 @@ class Timeouts(Strict):
     round_s: float = Field(default=600.0, gt=0, description="Seconds the aggregator waits for a round phase.")
     idle_s: float = Field(default=120.0, gt=0, description="Seconds of silence after which a peer is dropped.")
     rehandshake_s: float = Field(default=3600.0, gt=0, description="Sessions re-handshake this often (certificate re-check).")
+    join_s: float | None = Field(
+        default=None, gt=0,
+        description="Seconds the aggregator waits for every expected site to join (at start, after a restart, and "
+        "for the final adapters) before going on with whoever is there. Default (null): the larger of 60 s and "
+        "3 x handshake_s, room for a site to notice a restart, back off and handshake again. Separate from round_s: "
+        "a site that misses the window catches up from the round in progress when it joins.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _default_join(self) -> "Timeouts":
+        if self.join_s is None:  # resolved here, so the plan hash sees the value in force
+            object.__setattr__(self, "join_s", max(60.0, 3 * self.handshake_s))
+        return self
+
+    @property
+    def join(self) -> float:
+        """``join_s`` as a number (always set after validation)."""
+        assert self.join_s is not None
+        return self.join_s
 
 
 class Limits(Strict):

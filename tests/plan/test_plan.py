@@ -66,6 +66,7 @@ INVALID = [
     ("aggregation.weighting", "median", "aggregation.weighting"),
     ("roster", ["ok", "no spaces"], "roster"),
     ("tasks.2.labels", ["a", "a", "b"], "tasks[2].labels"),
+    ("timeouts.join_s", 0, "timeouts.join_s"),
 ]
 
 
@@ -142,6 +143,19 @@ def test_hash_treats_explicit_default_as_same_plan(tmp_path):
     data = copy.deepcopy(BASE)
     data["aggregation"] = {}  # weighting falls back to its default "samples"
     assert plan_hash(load_plan(write(tmp_path, data))) == plan_hash(load_plan(DEMO_PLAN))
+
+
+def test_join_window_defaults_to_the_larger_of_60_s_and_three_handshakes(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["timeouts"].pop("join_s", None)
+    assert load_plan(write(tmp_path, data)).timeouts.join_s == max(60.0, 3 * data["timeouts"]["handshake_s"])
+    data["timeouts"]["handshake_s"] = 30
+    assert load_plan(write(tmp_path, data)).timeouts.join_s == 90.0
+    default = plan_hash(load_plan(write(tmp_path, data)))
+    data["timeouts"]["join_s"] = 90  # the derived value, written out: the same plan
+    assert plan_hash(load_plan(write(tmp_path, data))) == default
+    data["timeouts"]["join_s"] = 91
+    assert plan_hash(load_plan(write(tmp_path, data))) != default
 
 
 @pytest.mark.parametrize(
