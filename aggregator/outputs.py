@@ -3,7 +3,9 @@
 - ``out/cluster_<c>/``: the global adapter of cluster ``c`` in peft format
   (plus head and ``fltac.json``), written by ``learning.export.export_peft``;
   the aggregator knows task names only when the plan shares them;
-- ``out/clusters.json``: the final slot -> cluster assignment;
+- ``out/clusters.json``: the final slot -> cluster assignment, and per roster
+  site the rounds it took part in (its UPDATE was aggregated) and whether its
+  adapters are stale (see ``STALE_AFTER``);
 - ``out/clusters.jsonl``: per round, a 2-D PCA of the slot sketches and their
   clusters (what the plot shows: the clusters forming round by round);
 - ``out/clusters.png``: that plot; ``out/metrics.jsonl`` is appended per round
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +26,26 @@ from fltac_secure.federation.storage import append_jsonl, write_json
 from fltac_secure.plan import Plan
 
 OUT = "out"
+
+STALE_AFTER = 1
+"""A site's adapters are stale when it took part in none of the last ``STALE_AFTER`` rounds.
+
+1 means "missed the last round": its final adapters are then the cluster
+means of the last round it took part in (``server_aggregate`` keeps the
+previous vector of a slot that did not take part), not the final ones, and
+its slots are absent from the final assignment.  A site that never took part
+holds the common initial adapter and is stale too.
+"""
+
+
+def participation(roster: list[str], history: list[Mapping[str, Any]], rounds: int) -> dict[str, dict[str, Any]]:
+    """Per roster site: the rounds it took part in, the last one, and whether its adapters are stale."""
+    out: dict[str, dict[str, Any]] = {}
+    for site in roster:
+        took = sorted({int(row["round"]) for row in history if site in row.get("updated", [])})
+        last = took[-1] if took else None
+        out[site] = {"rounds": took, "last_round": last, "stale": last is None or last < rounds - STALE_AFTER}
+    return out
 
 
 def _pca2(x: np.ndarray) -> np.ndarray:
@@ -111,12 +134,16 @@ def plot_clusters(workspace: Path) -> Path | None:
     return path
 
 
-def write_outputs(workspace: Path, plan: Plan, state: ServerState, tasks: Mapping[str, list[str] | None]) -> Path:
-    """Everything of ``out/`` that is written once, at the end."""
+def write_outputs(workspace: Path, plan: Plan, state: ServerState, tasks: Mapping[str, list[str] | None],
+                  history: list[Mapping[str, Any]]) -> Path:
+    """Everything of ``out/`` that is written once, at the end (again, identically, after a restart)."""
     out = Path(workspace) / OUT
     labels = state.clusters.labels if state.clusters else {}
-    write_json(out / "clusters.json", {"round": state.round, "clusters": labels,
-                                       "cluster_tasks": {str(c): t for c, t in _cluster_tasks(state, tasks).items()}})
+    write_json(out / "clusters.json", {
+        "round": state.round, "clusters": labels,
+        "cluster_tasks": {str(c): t for c, t in _cluster_tasks(state, tasks).items()},
+        "sites": participation(plan.roster, history, plan.rounds), "stale_after": STALE_AFTER,
+    })  # fmt: skip
     export_clusters(workspace, plan, state, tasks)
     plot_clusters(workspace)
     return out

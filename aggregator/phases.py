@@ -53,6 +53,10 @@ class Phase:
         """True for the first answer of the right kind and round from a site that was asked."""
         return msg.kind == self.answer and msg.round == self.round and site in self.messages and site not in self.answers
 
+    def accept(self, site: str, answer: Any) -> None:
+        """Record a wanted answer (see ``wants``)."""
+        self.answers[site] = answer
+
     def needs_resend(self, site: str, member: Member) -> bool:
         """A site asked in this phase, not answered, whose process restarted (it has handled nothing yet).
 
@@ -65,6 +69,21 @@ class Phase:
     def answered_in(self, order: list[str]) -> list[str]:
         """Sites that answered, in roster order (the order the algorithm sees them)."""
         return [s for s in order if s in self.answers]
+
+
+NOT_CONNECTED = "not connected"
+NO_SKETCHES = "no SKETCHES in time"
+NO_UPDATE = "no UPDATE in time"
+
+
+def missed_reasons(roster: list[str], participants: list[str], sketched: list[str],
+                   updated: list[str]) -> dict[str, str]:
+    """Why each roster site not in ``updated`` missed the round: the first phase it dropped out of."""
+    out = {}
+    for s in roster:
+        if s not in updated:
+            out[s] = NOT_CONNECTED if s not in participants else NO_SKETCHES if s not in sketched else NO_UPDATE
+    return out
 
 
 def join_of(msg: Message, share_task_names: bool) -> Member:

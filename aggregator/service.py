@@ -8,14 +8,20 @@ One round::
 All of the algorithm is in ``fltac_secure.federation.rounds`` (the functions
 the simulator calls); this class only moves messages, keeps time and stores.
 
-Quorum and timeouts: each phase waits at most ``timeouts.round_s`` and
-proceeds with whoever answered in time; late, duplicate and unexpected
-answers are logged, counted in the round's metrics and ignored.  A phase
-with fewer than ``quorum.min_collaborators`` answers fails the round; the
-round is retried (same round number, same seeds, with whoever is connected)
+Quorum and timeouts: at start (and after a restart) the aggregator waits up
+to ``timeouts.join_s`` for every expected site, then goes on with a quorum;
+a site that joins later takes part from the round in progress.  Each phase
+waits at most ``timeouts.round_s`` and proceeds with whoever answered in
+time; late, duplicate and unexpected answers are logged, counted in the
+round's metrics and ignored.  Each round's metrics name every roster site
+that missed it and why (``phases.missed_reasons``).  A phase with fewer
+than ``quorum.min_collaborators`` answers fails the round; the round is
+retried (same round number, same seeds, with whoever is connected)
 up to ``MAX_ATTEMPTS`` times in all, then the run stops with a clear error
 and an ABORT to the sites.  The checkpoint of the last completed round is
-intact, so ``fltac aggregator start`` resumes from there.
+intact, so ``fltac aggregator start`` resumes from there.  The final phase
+(outputs, FINAL, confirmations) is in ``aggregator.final``; a restart after
+the last round resumes there, without waiting for joins here.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from aggregator.checkpoint import Checkpoint, CheckpointStore
-from aggregator.phases import Member, Phase, join_of
+from aggregator.final import FinalPhase, finish, on_join
+from aggregator.phases import Member, Phase, join_of, missed_reasons
 from fltac_secure.errors import FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation.console import EventLog
@@ -54,9 +61,11 @@ class SimulatedCrash(RuntimeError):
 
 @dataclass
 class Faults:
-    """Test hooks (never set in production): stop abruptly after the checkpoint of a round."""
+    """Test hooks (never set in production): stop abruptly after the checkpoint of a round,
+    or once FINAL went out to that many sites."""
 
     crash_after_round: int | None = None
+    crash_after_final: int | None = None
 
 
 @dataclass
@@ -69,6 +78,7 @@ class RoundReport:
     clusters: dict[str, int]
     ignored: int
     seconds: float
+    missed: dict[str, str] = field(default_factory=dict)  # roster site -> why it did not take part
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,7 +108,7 @@ class Aggregator:
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.workspace = Path(site.workspace)
         self.log = log or EventLog(site.name)
-        self.join_window = float(join_window if join_window is not None else plan.timeouts.round_s)
+        self.join_window = float(join_window if join_window is not None else plan.timeouts.join)
         self.faults = faults or Faults()
         self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
         self.store = CheckpointStore(self.workspace, self.hash, plan, vector_size=self.shapes.vector_size, log=self.log)
@@ -151,12 +161,13 @@ class Aggregator:
         return ServerState(round=0, k=self.plan.k, vectors={})
 
     def _serve(self, state: ServerState) -> ServerState:
-        self._await_joins(set(self.members) or set(self.plan.roster), self.join_window)
+        if state.round < self.plan.rounds:  # after the last round, the final phase waits for sites itself
+            self._await_joins(set(self.members) or set(self.plan.roster), self.join_window)
         while state.round < self.plan.rounds:
             state = self._round_with_retries(state)
             if self.faults.crash_after_round == state.round - 1:
                 raise SimulatedCrash(f"test hook: aggregator stops after round {state.round - 1}")
-        self._finish(state)
+        finish(self, state)
         return state
 
     # -- message pump ------------------------------------------------------------
@@ -184,7 +195,7 @@ class Aggregator:
         phase = self.phase
         if phase is not None and phase.wants(peer, msg):
             try:
-                phase.answers[peer] = self._parse_answer(peer, msg)
+                phase.accept(peer, self._parse_answer(peer, msg))
             except ProtocolError as exc:
                 self.log.warn(f"refused {msg.kind} from {peer}: {exc}")
             return
@@ -223,8 +234,8 @@ class Aggregator:
             self.log.good(f"{peer} joined with {member.slots} task slot(s)")
         self.members[peer], self.joined = member, self.joined | {peer}
         phase = self.phase
-        if phase is not None and phase.sent == fm.FINAL and peer not in phase.messages:
-            self._send(peer, self._final_message(peer, phase.round), phase)
+        if isinstance(phase, FinalPhase):
+            on_join(self, phase, peer, member)
         elif phase is not None and phase.needs_resend(peer, member):
             self.log.info(f"re-sending {phase.sent} of round {phase.round} to {peer}")
             self._send(peer, phase.messages[peer], phase)
@@ -235,7 +246,7 @@ class Aggregator:
         self.server.send(peer, msg)
 
     def _await_joins(self, wanted: set[str], window: float) -> None:
-        """Wait for every site in ``wanted`` (up to ``window`` s), then for a quorum (up to round_s more)."""
+        """Wait for every site in ``wanted`` (up to ``window``, the join window), then for a quorum (round_s more)."""
         quorum = self.plan.quorum.min_collaborators
         self.log.info(f"waiting for sites to join (quorum {quorum})")
         self._pump(lambda: self.joined >= wanted, time.monotonic() + window)
@@ -304,7 +315,8 @@ class Aggregator:
                                           centroids=assignment.clusters.centroids))
         new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
         report = RoundReport(r, attempt, parts, sketched, updated, dict(sub.labels),
-                             sketch_phase.ignored + update_phase.ignored, time.monotonic() - started)
+                             sketch_phase.ignored + update_phase.ignored, time.monotonic() - started,
+                             missed_reasons(self.plan.roster, parts, sketched, updated))
         self._commit(new, report, sketches)
         return new
 
@@ -359,37 +371,17 @@ class Aggregator:
 
         row = {"round": report.round, "attempt": report.attempt, "participants": report.participants,
                "sketched": report.sketched, "updated": report.updated, "clusters": report.clusters,
-               "ignored_messages": report.ignored, "seconds": round(report.seconds, 3)}
+               "missed": report.missed, "ignored_messages": report.ignored, "seconds": round(report.seconds, 3)}
         self.history.append(row)
         members = {s: m.counts for s, m in self.members.items()}
         tasks = {s: m.tasks for s, m in self.members.items() if m.tasks}
         self.store.save(Checkpoint(new, members, tasks, self.history))
         append_jsonl(self.workspace / "out" / "metrics.jsonl", row)
         record_round(self.workspace, report.round, sketches, report.clusters)
+        for site, why in report.missed.items():
+            self.log.warn(f"round {report.round}: {site} did not take part ({why})")
         sizes = sorted(np.bincount(list(report.clusters.values())).tolist(), reverse=True)
         self.log.good(f"round {report.round} done in {report.seconds:.1f} s: {len(report.updated)} site(s), "
                       f"cluster sizes {sizes}; checkpoint saved")
         if self.on_round is not None:
             self.on_round(report)
-
-    # -- the end ---------------------------------------------------------------------
-    def _final_message(self, site: str, r: int) -> Message:
-        assert self.server is not None and self._final_state is not None
-        st, n = self._final_state, self.members[site].slots
-        labels = st.clusters.labels if st.clusters else {}
-        return self.server.message(fm.FINAL, round=r, meta={"clusters": [labels.get(slot_key(site, i), -1) for i in range(n)]},
-                                   tensors=fm.vector_tensors({i: st.vectors[slot_key(site, i)] for i in range(n)}))
-
-    _final_state: ServerState | None = None
-
-    def _finish(self, state: ServerState) -> None:
-        from aggregator.outputs import write_outputs
-
-        self._final_state = state
-        self._ensure_slots(state, [s for s in self.plan.roster if s in self.joined])
-        sites = [s for s in self.plan.roster if s in self.joined]
-        self.log.info(f"all {self.plan.rounds} rounds done; sending the final adapters to {', '.join(sites)}")
-        phase = self._broadcast(sites, fm.FINAL, fm.DONE, state.round, lambda s: self._final_message(s, state.round))
-        self.log.info(f"{len(phase.answers)} of {len(phase.expected)} site(s) confirmed the final adapters")
-        out = write_outputs(self.workspace, self.plan, state, {s: m.tasks for s, m in self.members.items()})
-        self.log.good(f"global adapters and metrics written to {out}")

@@ -9,14 +9,19 @@ answers whatever the aggregator asks, idempotently:
   repeated ROUND_START (after a restart of either side) is answered from the
   cache without training again.
 - ASSIGNMENT r: answer UPDATE with the vectors of the assigned slots.
-- FINAL: keep/export/evaluate the final adapters, answer DONE, stop.
+- FINAL: keep/export/evaluate the final adapters, answer DONE, stop.  A DONE
+  lost with its session (the aggregator was killed before acknowledging it)
+  is sent again right after the next JOIN; a restarted aggregator accepts it.
 - ABORT: stop with the aggregator's reason.
 
 Network breaks and aggregator restarts: the transport's session layer
 reconnects and resends; when it gives up the site opens a new session, and
 while nothing arrives it repeats JOIN every ``rejoin_s`` so a restarted
 aggregator learns about it (and re-sends a request the site never got).
-A refusal (certificate, roster, plan) is final and raised as is.
+It gives up once sessions have failed for ``patience_s`` since the last one
+that connected.  A refusal (certificate, roster, plan) is final and raised
+as is.  A site whose workspace says it finished returns at once, connecting
+to nobody.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Collaborator:
         self.finished = False
         self.client: TransportClient | None = None
         self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
+        self.down_since: float | None = None  # first failure since the last session connected (patience counts from it)
 
     # -- lifecycle ---------------------------------------------------------------
     def client_for(self) -> TransportClient:
@@ -112,15 +118,14 @@ class Collaborator:
             return {}
         if self.ws.model is None:
             self.setup()
-        since = time.monotonic()
         while not self.finished:
             try:
                 self._session()
-                since = time.monotonic()
             except TransportError as exc:
                 if exc.reason not in RETRYABLE:
                     raise
-                if time.monotonic() - since > self.patience_s:
+                self.down_since = self.down_since if self.down_since is not None else time.monotonic()
+                if time.monotonic() - self.down_since > self.patience_s:
                     raise TransportError(f"the aggregator at {self.site.aggregator} has been unreachable for "
                                          f"{self.patience_s:g} s ({exc}); giving up", exc.reason) from exc
                 self.log.warn(f"connection lost ({exc.reason}); reconnecting")
@@ -134,8 +139,11 @@ class Collaborator:
         client = self.client = self.client_for()
         try:
             client.connect()
+            self.down_since = None
             self.log.good(f"connected to {self.site.aggregator}; joining")
             self._join()
+            if self.last[1] == fm.FINAL:  # handled FINAL, but its DONE went down with the last session
+                self._done(self.last[0])
             quiet_since = time.monotonic()
             while not self.finished:
                 msg = client.recv(timeout=0.5)
@@ -228,7 +236,11 @@ class Collaborator:
         self._report(rows, "final global adapters")
         self.final_metrics = {row["task"]: row for row in rows}
         self.ws.write_state(round_done=msg.round - 1, finished=True, clusters=clusters)
-        self._send(fm.DONE, msg.round)
+        self._done(msg.round)
+
+    def _done(self, r: int) -> None:
+        self._crash_point(fm.DONE, r)
+        self._send(fm.DONE, r)
         self.finished = True
         self.log.good(f"done: final adapters in {Path(self.site.workspace) / 'out'}")
 

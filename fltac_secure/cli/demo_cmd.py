@@ -59,7 +59,7 @@ def demo(
     aggregator and the sites as separate processes over mutual TLS on loopback.
     """
     from fltac_secure.federation.demo import build_federation
-    from fltac_secure.federation.demo_run import cluster_check, evaluate_final, run_processes
+    from fltac_secure.federation.demo_run import cluster_check, evaluate_final, participation, run_processes
 
     started = time.monotonic()
     plan = demo_plan(sites, rounds, base)
@@ -72,6 +72,7 @@ def demo(
         run_processes(layout, console, timeout=plan.rounds * plan.timeouts.round_s * 3 + 300)
         console.rule("results")
         _print_accuracy(evaluate_final(layout, plan))
+        _print_participation(participation(layout), plan.rounds)
         check = cluster_check(layout, plan)
         console.print(f"clusters match tasks: {'yes' if check['match'] else 'no'}  {check['clusters']}")
         print_audit(layout.aggregator, plan)
@@ -91,6 +92,17 @@ def _print_accuracy(rows: list[dict[str, Any]]) -> None:
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r["task"], str(r["n"]), f"{r['majority']:.3f}", f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}")
+    console.print(t)
+
+
+def _print_participation(record: dict[str, Any], rounds: int) -> None:
+    t = Table(title=f"Participation ({rounds} round(s), numbered from 0)",
+              caption=f"stale: not updated in the last {record['stale_after']} round(s)")
+    for col in ("site", "rounds taken part in", "adapters"):
+        t.add_column(col, justify="right")
+    for site, row in record["sites"].items():
+        took = ", ".join(str(r) for r in row["rounds"]) or "none"
+        t.add_row(site, took, "stale" if row["stale"] else "up to date")
     console.print(t)
 
 

@@ -104,6 +104,12 @@ def cluster_check(layout: FederationLayout, plan: Plan) -> dict[str, Any]:
     return {"clusters": {c: dict(v) for c, v in sorted(by_cluster.items())}, "match": pure and one_each}
 
 
+def participation(layout: FederationLayout) -> dict[str, Any]:
+    """The aggregator's per-site record: rounds taken part in, stale adapters (``out/clusters.json``)."""
+    data = json.loads((layout.aggregator / "out" / "clusters.json").read_text())
+    return {"sites": data.get("sites", {}), "stale_after": data.get("stale_after")}
+
+
 def evaluate_final(layout: FederationLayout, plan: Plan) -> list[dict[str, Any]]:
     """Each task's final global adapter (from the site holding most of it) on the global held-out test set."""
     import numpy as np

@@ -27,6 +27,7 @@ def test_demo_two_sites_one_round(tmp_path: Path) -> None:
     for task in ("news", "spam", "sentiment", "langid"):
         assert task in out
     assert "Wire traffic by kind" in out and "full_finetuning" in out
+    assert "rounds taken part in" in out and "up to date" in out  # per site: rounds, stale adapters flagged
     # separate processes left their own workspaces, ledgers and adapters
     assert (work / "aggregator" / "state" / "checkpoint.json").is_file()
     assert (work / "aggregator" / "ledger.jsonl").is_file()

@@ -98,7 +98,7 @@ def launch(layout: FederationLayout, name: str) -> RoleProc:
 def start_federation(layout: FederationLayout, timeout: float = 120.0) -> dict[str, RoleProc]:
     """Every site, then the aggregator once the sites have imported their code.
 
-    The aggregator waits ``timeouts.round_s`` for all sites to join; starting
+    The aggregator waits ``timeouts.join_s`` for all sites to join; starting
     it last keeps the sites' (slow, on a loaded machine) start-up outside that
     window, so every site is in round 0.  A site connects as soon as the
     aggregator listens (ZeroMQ retries the connection).

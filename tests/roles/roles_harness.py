@@ -100,7 +100,8 @@ class Fed:
         from aggregator.service import Aggregator
 
         kw.setdefault("join_window", 30.0)
-        return Aggregator(self.plan, self.site("aggregator"), log=EventLog("aggregator", quiet=True), **kw)
+        kw.setdefault("log", EventLog("aggregator", quiet=True))
+        return Aggregator(self.plan, self.site("aggregator"), **kw)
 
     def collaborator(self, name: str, plan: Plan | None = None, **kw: Any):  # type: ignore[no-untyped-def]
         kw.setdefault("stall_timeout", 3.0)

@@ -37,6 +37,7 @@ def test_site_dies_mid_round_then_rejoins(tmp_path: Path) -> None:
     hist = {row["round"]: row for row in agg_obj.history}
     assert hist[0]["updated"] == ["site1", "site2", "site3"]
     assert hist[1]["updated"] == ["site1", "site2"]  # completed on quorum without site3
+    assert hist[1]["missed"] == {"site3": "no SKETCHES in time"}
     assert "site3" in hist[3]["updated"]  # back in a later round
     for run in [*cols.values(), *restarted]:
         run.join(60)

@@ -33,7 +33,7 @@ from proc_harness import (
 from roles_harness import Fed, make_fed, tiny_plan
 
 ROUND_S = 5.0
-"""Phase timeout (and the aggregator's join window): each phase a dead site was asked in costs this much."""
+"""Phase timeout: each phase a dead site was asked in costs this much (the join window is the plan's join_s)."""
 
 TRAINING = {"local_steps": 30, "batch_size": 8, "max_seq_length": 16, "learning_rate": 0.01}
 """Enough steps that a site trains for a good fraction of a second: room for the SIGSTOP gate of test A."""
