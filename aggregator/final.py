@@ -13,9 +13,12 @@ the same workspace (it resumes here, not in a round).
    from one this process never sent FINAL to: the transport of a site whose
    DONE went to the killed process resends it to the new one.
 3. The wait is bounded: ``round_s`` for a site after it was sent FINAL, and
-   ``join_s`` (the join window) for a site that has not joined this process to come back (then
-   ``round_s`` from its FINAL).  Then the aggregator stops and lists the
-   sites that never confirmed; the outputs do not depend on them.
+   ``join_s`` (the join window) for a site that has not joined this process
+   to come back (then ``round_s`` from its FINAL).  Then the aggregator
+   stops and lists the sites that never confirmed; the outputs do not
+   depend on them.  A site whose DONE was acknowledged by the killed process
+   but not yet recorded has exited: it is listed, though it holds the
+   adapters.
 """
 
 from __future__ import annotations
