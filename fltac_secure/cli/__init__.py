@@ -92,6 +92,13 @@ def _main(args: list[str]) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:  # the machine said no: a full disk, a missing folder, no permission
+        if debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        typer.echo(f"error: {e.strerror or e}{where}; fix that and run the same command again "
+                   "(state files are written atomically: none is left half written)", err=True)  # fmt: skip
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, no traceback
         if debug:
             raise
