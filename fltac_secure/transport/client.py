@@ -40,7 +40,7 @@ from fltac_secure.transport.refusals import Waiter as _Waiter
 from fltac_secure.transport.refusals import tls_refusal
 from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
 from fltac_secure.transport.session import Link
-from fltac_secure.transport.sockets import configure_socket
+from fltac_secure.transport.sockets import LARGE_FRAME_BYTES, configure_socket, yield_cpu
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,8 @@ class TransportClient(ClientSessions):
                 self._retry("unexpected multi-part frame")
                 return
             self._on_frame(self._link, parts[0].buffer)
+            if len(parts[0]) >= LARGE_FRAME_BYTES:
+                yield_cpu()  # let ZeroMQ's I/O thread read on while we decrypt the next one
 
     def _on_frame(self, link: Link, data: memoryview) -> None:
         link.last_rx = time.monotonic()

@@ -52,7 +52,7 @@ class ClientSessions(IOLoop):
     _fail: Callable[[TransportError], None]
     _fill_window: Callable[[], None]
 
-    def _on_message(self, link: Link, raw: bytearray) -> None:
+    def _on_message(self, link: Link, raw: memoryview) -> None:
         ready = self._state == "ready"
         limit = self.max_message_bytes if ready else PREAUTH_MAX_BYTES
         try:  # before WELCOME, read a REJECT even if it comes from another plan (it says why)

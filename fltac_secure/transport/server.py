@@ -54,7 +54,7 @@ from fltac_secure.transport.guard import EventGate, PendingTable
 from fltac_secure.transport.server_sessions import PARKED_MESSAGES, PeerBook, ServerSessions
 from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
 from fltac_secure.transport.session import Link
-from fltac_secure.transport.sockets import configure_socket
+from fltac_secure.transport.sockets import LARGE_FRAME_BYTES, configure_socket, yield_cpu
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,8 @@ class TransportServer(ServerSessions):
                 self._drop(ident, "sent a multi-part frame")
                 continue
             self._on_frame(ident, parts[1])
+            if len(parts[1]) >= LARGE_FRAME_BYTES:
+                yield_cpu()  # let ZeroMQ's I/O thread read on while we decrypt the next one
 
     def _link_for(self, ident: bytes, frame: zmq.Frame) -> Link | None:
         link = self._links.get(ident)

@@ -69,7 +69,7 @@ class ServerSessions(IOLoop):
     _refresh: Callable[[], None]
     _book: Callable[[str], PeerBook]
 
-    def _on_message(self, ident: bytes, link: Link, raw: bytearray) -> None:
+    def _on_message(self, ident: bytes, link: Link, raw: memoryview) -> None:
         if link.name is None:
             self._on_hello(ident, link, raw)
             return
@@ -117,7 +117,7 @@ class ServerSessions(IOLoop):
         if book is not None:
             book.mail.unpark(self._acker(self._links.get(book.ident) if book.ident is not None else None))
 
-    def _on_hello(self, ident: bytes, link: Link, raw: bytearray) -> None:
+    def _on_hello(self, ident: bytes, link: Link, raw: memoryview) -> None:
         try:
             hello = decode(raw, expect_federation=None, expect_plan_hash=None, max_bytes=PREAUTH_MAX_BYTES)
         except ProtocolError as exc:
@@ -177,7 +177,7 @@ class ServerSessions(IOLoop):
             link.queue(msg)
         self._refresh()
 
-    def _refuse_message(self, link: Link, raw: bytearray, exc: ProtocolError) -> None:
+    def _refuse_message(self, link: Link, raw: memoryview, exc: ProtocolError) -> None:
         try:
             header = decode_header(raw, max_bytes=self.max_message_bytes)
         except ProtocolError:

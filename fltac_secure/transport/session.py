@@ -29,6 +29,7 @@ from fltac_secure.transport.channel import CHUNK_BYTES, TlsChannel
 from fltac_secure.transport.codec import encode_parts
 from fltac_secure.transport.envelope import Message
 from fltac_secure.transport.events import Direction, HookFailed, LedgerHook, WireEvent
+from fltac_secure.transport.sockets import LARGE_FRAME_BYTES, yield_cpu
 
 
 MAX_JOBS = 1024
@@ -148,8 +149,9 @@ class Link:
             if self._frame is None and not self._next_frame():
                 return
             assert self._frame is not None
+            large = len(self._frame) >= LARGE_FRAME_BYTES
             try:
-                sock.send_multipart([*self.route, self._frame], flags=zmq.NOBLOCK, copy=len(self._frame) < 65536)
+                sock.send_multipart([*self.route, self._frame], flags=zmq.NOBLOCK, copy=not large)
             except zmq.Again:
                 self.blocked = True
                 return
@@ -160,6 +162,8 @@ class Link:
                 return
             self._frame = None
             self.last_tx = time.monotonic()
+            if large:
+                yield_cpu()  # let ZeroMQ's I/O thread put it on the wire now
 
     def _next_frame(self) -> bool:
         while True:
