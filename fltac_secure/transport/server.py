@@ -341,6 +341,8 @@ class TransportServer(ServerSessions):
             if link.closing:
                 if now - link.last_tx > self.handshake_timeout:
                     self._drop(ident)  # could not even flush the refusal
+            elif link.held is not None:
+                self._admit_held(ident, link)
             elif link.name is None and now - link.created > self.handshake_timeout:
                 self._drop(ident, "handshake timeout")
             elif link.name is not None and now - link.last_rx > self.idle_timeout:

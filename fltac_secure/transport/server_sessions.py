@@ -36,6 +36,9 @@ from fltac_secure.transport.session import Link
 log = logging.getLogger("fltac_secure.transport.server")
 
 PARKED_MESSAGES = 16
+DUPLICATE_GRACE_S = 2.0
+"""How long a new session of a name waits for that name's old session to turn out gone (at most a
+quarter of the handshake timeout, so the client is answered well within its own)."""
 """Unacknowledged messages one session may have held; a client keeps at most ``client.WINDOW`` in flight."""
 
 
@@ -57,6 +60,7 @@ class ServerSessions(IOLoop):
     name: str
     max_message_bytes: int
     idle_timeout: float
+    handshake_timeout: float
     session_lifetime: float
     _links: dict[bytes, Link]
     _books: dict[str, PeerBook]
@@ -70,6 +74,10 @@ class ServerSessions(IOLoop):
     _book: Callable[[str], PeerBook]
 
     def _on_message(self, ident: bytes, link: Link, raw: memoryview) -> None:
+        if link.held is not None:
+            link.held = None
+            self._reject(link, Refusal("protocol", "a message came before WELCOME; wait for it"))
+            return
         if link.name is None:
             self._on_hello(ident, link, raw)
             return
@@ -131,34 +139,46 @@ class ServerSessions(IOLoop):
                         role=peer_role(link.channel.obj), plan_sections=self._plan_sections)  # fmt: skip
         if refusal is None and cert.serial_number in self._revoked:  # handshake began under the previous CRL
             refusal = Refusal("certificate_revoked", f"the certificate of {cn!r} has been revoked")
-        if refusal is None:
-            refusal = self._one_session(ident, cn)
         if refusal is not None:
             log.warning("refused %s from %s: %s", cn, link.source or "?", refusal.detail)
             self._reject(link, refusal)
             return
-        self._welcome(ident, link, cn, cert)
+        link.held = (cn, cert, time.monotonic() + min(DUPLICATE_GRACE_S, self.handshake_timeout / 4))
+        self._admit_held(ident, link)
 
-    def _one_session(self, ident: bytes, cn: str) -> Refusal | None:
-        """One live session per certificate name: a second one is refused while the first is alive.
+    def _admit_held(self, ident: bytes, link: Link) -> None:
+        """One live session per certificate: WELCOME once no other session of the name is alive.
 
-        A site that restarted left a dead connection behind: ZeroMQ knows it is
-        gone, so a probe (a PING) to it fails and the new session takes over.  A
-        second process with the same certificate finds the first one alive and
-        is refused; it retries a few times (the first may be going away) and then
-        stops with this reason.
+        A site that restarted or reconnected left its old connection behind.
+        Once ZeroMQ has noticed that it is gone (usually within milliseconds),
+        a probe (a PING) to it fails and the new session takes over; until then
+        the new one is held, for at most ``DUPLICATE_GRACE_S``.  A second
+        process running with the same certificate finds the first one alive
+        all that time and is refused with ``duplicate_session``.  Called on
+        HELLO and again by the timers while a session is held.
         """
+        assert link.held is not None
+        cn, cert, deadline = link.held
         book = self._books.get(cn)
         old = self._links.get(book.ident) if book is not None and book.ident not in (None, ident) else None
-        if old is None or old.closing or book is None or book.ident is None:
-            return None
-        old.queue(self._control(env.PING, {}))
-        old.flush(self._sock)  # raises nothing: a vanished peer only sets ``gone``
-        if old.gone:
-            self._drop(book.ident, "replaced by a newer session (the old connection is gone)")
-            return None
-        return Refusal("duplicate_session", f"another process holding the certificate of {cn!r} is connected "
-                       f"from {old.source or 'an unknown address'}; stop it (only one may run per site)")
+        if old is not None and not old.closing:
+            old.queue(self._control(env.PING, {}))
+            old.flush(self._sock)  # a vanished peer only sets ``gone``
+            if old.gone:
+                assert book is not None and book.ident is not None
+                self._drop(book.ident, "replaced by a newer session (the old connection is gone)")
+            elif time.monotonic() < deadline:
+                return  # held: ask again at the next timer tick
+            else:
+                refusal = Refusal("duplicate_session", f"another process holding the certificate of {cn!r} is "
+                                  f"connected from {old.source or 'an unknown address'}; stop it (only one may run "
+                                  "per site)")  # fmt: skip
+                log.warning("refused %s from %s: %s", cn, link.source or "?", refusal.detail)
+                link.held = None
+                self._reject(link, refusal)
+                return
+        link.held = None
+        self._welcome(ident, link, cn, cert)
 
     def _welcome(self, ident: bytes, link: Link, cn: str, cert: x509.Certificate) -> None:
         book = self._book(cn)

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -108,6 +109,7 @@ class Link:
         self.gone = False  # ZeroMQ says the peer's connection no longer exists
         self.source = ""  # the peer's address, as ZeroMQ reports it (server side)
         self.serial: int | None = None  # the authenticated certificate's serial number (server side)
+        self.held: tuple[str, Any, float] | None = None  # (name, certificate, deadline): HELLO waiting on an old session
         self._hook = ledger_hook
         self._chunk = chunk_bytes
         self._jobs: deque[_Job] = deque()
