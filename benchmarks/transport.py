@@ -300,7 +300,7 @@ def report(sizes: list[int], repeats: int, times: dict[str, dict[int, float]], h
         "load": load,
         "throughput": rows,
         "handshake_ms": {k: round(v * 1000, 2) for k, v in hs.items()},
-        "target": "fltac >= 0.85x (issue 9) plain ssl at >= 16 MB",
+        "target": "fltac >= 0.85x plain ssl at >= 16 MB (issue 9)",
         "target_met": all(r["fltac_vs_ssl"] >= 0.85 for r in rows if r["size_mb"] >= 16),
         "target_conclusive": load["idle"] is True,
     }
