@@ -293,8 +293,8 @@ class TransportClient(ClientSessions):
                 self._retry("unexpected multi-part frame")
                 return
             self._on_frame(self._link, parts[0].buffer)
-            if len(parts[0]) >= LARGE_FRAME_BYTES:
-                yield_cpu()  # let ZeroMQ's I/O thread read on while we decrypt the next one
+            if len(parts[0]) >= LARGE_FRAME_BYTES and self._link is not None and self._link.channel.mid_message:
+                yield_cpu()  # more of this message to come: let ZeroMQ's I/O thread read it meanwhile
 
     def _on_frame(self, link: Link, data: memoryview) -> None:
         link.last_rx = time.monotonic()

@@ -269,8 +269,9 @@ class TransportServer(ServerSessions):
                 self._drop(ident, "sent a multi-part frame")
                 continue
             self._on_frame(ident, parts[1])
-            if len(parts[1]) >= LARGE_FRAME_BYTES:
-                yield_cpu()  # let ZeroMQ's I/O thread read on while we decrypt the next one
+            link = self._links.get(ident)
+            if len(parts[1]) >= LARGE_FRAME_BYTES and link is not None and link.channel.mid_message:
+                yield_cpu()  # more of this message to come: let ZeroMQ's I/O thread read it meanwhile
 
     def _link_for(self, ident: bytes, frame: zmq.Frame) -> Link | None:
         link = self._links.get(ident)
