@@ -83,11 +83,15 @@ def _env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
-def launch(layout: FederationLayout, name: str) -> RoleProc:
-    """Start the role ``name`` (the aggregator or a site) exactly as `fltac demo` does."""
+def launch(layout: FederationLayout, name: str, *, attempt: int = 0) -> RoleProc:
+    """Start the role ``name`` (the aggregator or a site) exactly as `fltac demo` does.
+
+    ``attempt`` > 0: a restart with the same command; its output goes to ``<name>.<attempt>.log``
+    (the earlier logs stay for the assertion messages).
+    """
     logs = layout.root / "logs"
     logs.mkdir(exist_ok=True)
-    log = logs / f"{name}.log"
+    log = logs / (f"{name}.{attempt}.log" if attempt else f"{name}.log")
     with open(log, "wb") as fh:
         proc = subprocess.Popen(role_command(layout, name), stdout=fh, stderr=subprocess.STDOUT,
                                 env=_env(), cwd=layout.root)  # fmt: skip
@@ -117,7 +121,7 @@ def report(procs: Iterable[RoleProc]) -> str:
     """Exit codes and the last lines of every process (for assertion messages)."""
     parts = []
     for p in procs:
-        parts.append(f"--- {p.name}: returncode {p.proc.poll()}, signals sent {p.signals}\n{p.tail()}")
+        parts.append(f"--- {p.name} ({p.log.name}): returncode {p.proc.poll()}, signals sent {p.signals}\n{p.tail()}")
     return "\n".join(parts)
 
 
