@@ -10,14 +10,17 @@ process exits 0) and leave exactly the adapters of the uninterrupted run:
 the aggregator's final state, its exported ``out/cluster_*`` files and every
 site's final adapters, compared bit for bit with the simulation of the
 participation the aggregator recorded (``fault_reference``), which is the
-uninterrupted run's when everyone took part (``test_uninterrupted_run_equals_reference``).
+uninterrupted run's when everyone took part
+(``test_uninterrupted_run_equals_reference``).
 A killed site may miss a round only if it is not back within ``round_s``;
 an aggregator restart must cost no site a round.
 
 The default suite runs two representative cells (the aggregator SIGKILLed
-with the ASSIGNMENT out; a site SIGTERMed mid-UPDATE); ``-m slow`` runs all 24
-and the uninterrupted reference.  Each cell costs a federation start-up (four
-Python processes importing torch) plus a restart.
+with the ASSIGNMENT out; a site SIGTERMed mid-UPDATE); ``-m slow`` runs all
+24, the uninterrupted reference and a site that never returns (the other
+branch of the reference: the simulation of a partial participation).  Each
+cell costs a federation start-up (four Python processes importing torch)
+plus a restart.
 """
 
 from __future__ import annotations
@@ -147,3 +150,32 @@ def test_uninterrupted_run_equals_reference(tmp_path: Path) -> None:
         assert not bad, "\n".join(bad[:20])
     finally:
         cleanup(procs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_site_that_never_returns_equals_simulation_of_its_participation(tmp_path: Path) -> None:
+    """The other branch of the reference: site3 is SIGKILLed after its round-1 SKETCHES and not started again.
+    Round 1 clusters its sketches but averages only the others' UPDATEs; the outputs must equal the
+    simulation of exactly that participation, bit for bit (and differ from the uninterrupted run's)."""
+    timeouts = {"handshake_s": 5, "round_s": 5.0, "idle_s": 30, "join_s": JOIN_S}
+    fed = make_fed(tmp_path / "fed", tiny_plan(rounds=2, training=TRAINING, timeouts=timeouts))
+    procs: dict[str, RoleProc] = {}
+    st: Steer | None = None
+    try:
+        procs = start_federation(fed.layout)
+        st = Steer(fed.layout, procs, fed.plan.rounds)
+        victim = GATES[("site", "sketches")](st)
+        assert st.kill(victim, signal.SIGKILL) == -signal.SIGKILL
+        st.thaw_all()
+        del st.procs[VICTIM]  # never started again
+        _await_end(st)
+        got = read_outputs(fed.layout.aggregator, fed.layout.sites)
+        parts = participation(got.history)
+        everyone = tuple(fed.plan.roster)
+        assert parts == ((everyone, everyone, everyone), (everyone, everyone, ("site1", "site2"))), parts
+        bad = differences(fed.plan, got, simulate(fed.plan, fed.layout.root, parts))
+        assert not bad, "\n".join(bad[:20])
+        assert differences(fed.plan, got, simulate(fed.plan, fed.layout.root, full_participation(fed.plan)))
+    finally:
+        cleanup(st.every() if st is not None else procs.values())
