@@ -207,7 +207,7 @@ class TransportClient(ClientSessions):
         self._attempts += 1
         self._sock = self._zctx.socket(zmq.DEALER)
         configure_socket(self._sock, self._chunk)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        # no IMMEDIATE: with it, libzmq discards what arrived but was not yet read when the connection drops
         self._sock.connect(self.endpoint)
         channel = TlsChannel(self._ctx, server_side=False, server_hostname=self.server_hostname,
                              max_message_bytes=PREAUTH_MAX_BYTES)  # fmt: skip

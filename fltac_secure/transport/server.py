@@ -63,6 +63,8 @@ INBOX_MESSAGES = 8
 OUTBOX_MESSAGES = 64
 """Unacknowledged messages kept for one peer; beyond it the oldest is dropped (with a warning)."""
 CRL_POLL_S = 1.0
+CLOSE_FLUSH_S = 1.0
+"""At most this long, on close, for queued frames to reach the peers (ZeroMQ linger included)."""
 
 
 class TransportServer(ServerSessions):
@@ -394,5 +396,20 @@ class TransportServer(ServerSessions):
         self._inbox.put(None)
 
     def _teardown(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
+        """Close the socket; on an orderly close, first let what is queued (the last ACKs) reach the peers.
+
+        Bounded by ``CLOSE_FLUSH_S`` (a peer that does not read cannot hold the close up): the
+        aggregator closes right after the last DONE, and a lost ACK would leave that site waiting.
+        """
+        if self._sock is None:
+            return
+        if self._crash is None:
+            deadline = time.monotonic() + CLOSE_FLUSH_S
+            while time.monotonic() < deadline and any(link.busy for link in self._links.values()):
+                for ident, link in list(self._links.items()):
+                    try:
+                        link.flush(self._sock)
+                    except Exception:  # noqa: BLE001 - closing: a peer's failure only ends its flush
+                        self._links.pop(ident, None)
+                time.sleep(0.002)
+        self._sock.close(linger=int(CLOSE_FLUSH_S * 1000) if self._crash is None else 0)

@@ -393,3 +393,32 @@ def test_message_and_close_in_one_frame_is_delivered_then_closed(server, pki):
         assert wait_for(lambda: "site1" not in server.peers())
     finally:
         peer.close()
+
+
+def test_acknowledgements_queued_before_close_reach_the_client(pki):
+    """The aggregator closes right after the last DONE: its ACK must still arrive (it was lost 2-3 times
+    in 40 while the client's DEALER had IMMEDIATE set, which discards unread input when the peer closes)."""
+    import threading
+
+    lost = 0
+    for _ in range(30):
+        server = start_server(pki)
+        client = make_client(server.endpoint, cctx(pki, "site1"), "site1", stall_timeout=30)
+        client.connect()
+        outcome: list[str] = []
+
+        def send() -> None:
+            try:
+                client.send(data_msg("site1"), timeout=3)
+                outcome.append("acked")
+            except TransportError as exc:
+                outcome.append(exc.reason)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        assert server.recv(timeout=10) is not None
+        server.close()  # at once, as the aggregator does
+        t.join(10)
+        client.close()
+        lost += outcome != ["acked"]
+    assert lost == 0, f"{lost} of 30 acknowledgements sent before close never arrived"
