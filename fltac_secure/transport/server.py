@@ -332,6 +332,9 @@ class TransportServer(ServerSessions):
             self._on_message(ident, link, raw)
             if link.closing or ident not in self._links:
                 return
+            if link.backlogged:  # checked per message: one frame can hold thousands of PINGs
+                self._drop(ident, "it does not read what it is sent")
+                return
         if link.channel.peer_closed:
             raise PeerClosed("peer closed the TLS session")
 

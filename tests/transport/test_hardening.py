@@ -422,3 +422,18 @@ def test_acknowledgements_queued_before_close_reach_the_client(pki):
         client.close()
         lost += outcome != ["acked"]
     assert lost == 0, f"{lost} of 30 acknowledgements sent before close never arrived"
+
+
+def test_ping_flood_in_one_frame_ends_the_session_of_a_peer_that_does_not_read(server, pki):
+    """Thousands of PINGs in one frame and no reading: the peer loses its session (its send queue is
+    bounded; the bound is checked per message, so one frame cannot queue thousands of PONGs first)."""
+    peer = RawPeer(server.endpoint, cctx(pki, "site1"))
+    try:
+        peer.authenticate("site1")
+        ping = encode(Message("PING", FED, PLAN, "site1", 0, "p", {}))
+        peer.send_plain(ping * 3000)  # about 0.6 MB: one frame of the chunk size
+        assert wait_for(lambda: "site1" not in server.peers(), timeout=10)
+        _alive(server)
+    finally:
+        peer.close()
+    assert_serves_good_client(server, pki)
