@@ -73,6 +73,16 @@ class Damaged(StateError):
     """A checkpoint failed verification (missing, corrupt, edited): the previous one may stand in."""
 
 
+def _read(path: Path, what: str) -> bytes:
+    """The bytes of a checkpoint file; ``Damaged`` naming ``what`` if it is missing or unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise Damaged(f"{what} is missing") from None
+    except OSError as exc:
+        raise Damaged(f"{what} is unreadable ({exc})") from None
+
+
 @dataclass
 class Checkpoint:
     """What the aggregator needs to resume: the algorithm's state and who holds which slots."""
@@ -198,12 +208,7 @@ class CheckpointStore:
         if not isinstance(name, str) or not TENSOR_NAME.fullmatch(name):
             raise Damaged(f"{path} names no valid tensor file ({name!r:.60})")
         tensor_path = self.dir / name
-        try:
-            raw = tensor_path.read_bytes()
-        except FileNotFoundError:
-            raise Damaged(f"{tensor_path}, named by {path}, is missing") from None
-        except OSError as exc:
-            raise Damaged(f"{tensor_path}, named by {path}, is unreadable ({exc})") from None
+        raw = _read(tensor_path, f"{tensor_path}, named by {path},")
         if hashlib.sha256(raw).hexdigest() != meta.get("tensors_sha256"):
             raise Damaged(f"{tensor_path} fails the SHA-256 check recorded in {path}: it changed after it was "
                           "written (disk damage, truncation or an edit)")
@@ -215,12 +220,7 @@ class CheckpointStore:
 
     def _verified_json(self, path: Path) -> dict[str, Any]:
         """The JSON of ``path`` after its digest, format and plan hash are checked."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise Damaged(f"{path} is missing") from None
-        except OSError as exc:
-            raise Damaged(f"{path} is unreadable ({exc})") from None
+        raw = _read(path, str(path))
         if not raw.strip():
             raise Damaged(f"{path} is empty")
         try:

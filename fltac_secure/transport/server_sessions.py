@@ -29,7 +29,7 @@ from fltac_secure.transport.channel import PREAUTH_MAX_BYTES
 from fltac_secure.transport.codec import decode, decode_header
 from fltac_secure.transport.delivery import Mailroom
 from fltac_secure.transport.envelope import Message
-from fltac_secure.transport.events import LedgerHook
+from fltac_secure.transport.events import HookFailed, LedgerHook
 from fltac_secure.transport.loop import IOLoop
 from fltac_secure.transport.session import Link
 
@@ -163,7 +163,12 @@ class ServerSessions(IOLoop):
         old = self._links.get(book.ident) if book is not None and book.ident not in (None, ident) else None
         if old is not None and not old.closing:
             old.queue(self._control(env.PING, {}))
-            old.flush(self._sock)  # a vanished peer only sets ``gone``
+            try:
+                old.flush(self._sock)  # a vanished peer only sets ``gone``
+            except HookFailed:
+                raise
+            except Exception:  # noqa: BLE001 - the old session is broken (this also runs from the timers)
+                old.gone = True
             if old.gone:
                 assert book is not None and book.ident is not None
                 self._drop(book.ident, "replaced by a newer session (the old connection is gone)")
