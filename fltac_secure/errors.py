@@ -79,3 +79,18 @@ class StateError(FltacError, RuntimeError):
     """A workspace or checkpoint is missing, corrupt or from another plan."""
 
     exit_code = 1
+
+
+class SecAggError(FltacError, ValueError):
+    """Secure aggregation refused a message or could not complete; ``reason`` is a machine-readable code.
+
+    Raised for every failed check (a bad signature, a share that does not
+    decrypt, a request that breaks the one-share rule, a stage out of order):
+    the caller ends that party's part in the round, never carries on.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, reason: str = "secagg") -> None:
+        super().__init__(message)
+        self.reason = reason

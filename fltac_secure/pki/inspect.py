@@ -76,21 +76,31 @@ def describe_certificate(cert_path: Path) -> dict[str, Any]:
 def verify_certificate(
     cert_path: Path, ca_cert_path: Path, *, now: datetime | None = None, server_name: str | None = None
 ) -> Role:
+    """Verify a leaf file against the CA file; see ``verify_leaf``. Returns the role; PKIError on failure."""
+    cert = load_certificate(Path(cert_path))
+    ca = load_certificate(Path(ca_cert_path), "CA certificate")
+    try:
+        return verify_leaf(cert, ca, now=now, server_name=server_name)
+    except PKIError as e:
+        raise PKIError(f"{cert_path} {e} (CA {ca_cert_path})") from e
+
+
+def verify_leaf(
+    cert: x509.Certificate, ca: x509.Certificate, *, now: datetime | None = None, server_name: str | None = None
+) -> Role:
     """Verify a leaf against the CA with cryptography's verifier (its own chain and policy code).
 
     Aggregator certificates are checked as TLS servers for ``server_name`` (default: the first
     SAN); collaborator certificates as TLS clients.  Returns the role; PKIError on failure.
-    Revocation is not checked here (that is the CRL's job at the handshake).
+    Revocation is not checked here (the CRL's job at the handshake, ``PeerVerifier`` elsewhere).
     """
-    cert = load_certificate(Path(cert_path))
-    ca = load_certificate(Path(ca_cert_path), "CA certificate")
     role = role_of(cert)
     builder = verification.PolicyBuilder().store(verification.Store([ca])).time(utc_now(now))
     try:
         if role == "aggregator":
             sans = _sans(cert)
             if server_name is None and not sans:
-                raise PKIError(f"{cert_path} is an aggregator certificate without SANs; it cannot serve TLS")
+                raise PKIError("is an aggregator certificate without SANs; it cannot serve TLS")
             name = server_name or sans[0]
             builder.build_server_verifier(_subject(name)).verify(cert, [])
         elif role == "collaborator":
@@ -101,9 +111,9 @@ def verify_certificate(
             builder = builder.extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
             builder.build_client_verifier().verify(cert, [])
         else:
-            raise PKIError(f"{cert_path} is neither an aggregator nor a collaborator certificate")
+            raise PKIError("is neither an aggregator nor a collaborator certificate")
     except verification.VerificationError as e:
-        raise PKIError(f"{cert_path} does not verify against {ca_cert_path}: {e}") from e
+        raise PKIError(f"does not verify against the federation CA: {e}") from e
     return role
 
 

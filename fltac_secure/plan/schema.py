@@ -116,9 +116,6 @@ class Privacy(Strict):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Per-example gradient clipping norm.")
     delta: float = Field(default=1e-5, gt=0, lt=1, description="Target delta (must be < 1/n for every slot's n).")
     accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Privacy accountant.")
-    secure_aggregation: bool = Field(
-        default=False, description="Reserved: masked-sum aggregation inside each cluster (not yet implemented)."
-    )
     share_task_names: bool = Field(
         default=False, description="Let sites send task names with their sketches (off: the aggregator never learns them)."
     )
@@ -127,9 +124,42 @@ class Privacy(Strict):
     def _dp_settings(self) -> "Privacy":
         if self.dp and self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("dp is on but neither noise_multiplier nor target_epsilon is set; set one of them")
-        if self.secure_aggregation:
-            raise ValueError("secure_aggregation is reserved and not implemented yet; set it to false")
         return self
+
+
+class SecureAggregation(Strict):
+    """Masked sums inside each cluster (Bonawitz et al. 2017, hardened against an active aggregator).
+
+    See ``fltac_secure/secagg/README.md`` for the protocol and the threat model.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Sum each cluster's adapters under pairwise masks, so the aggregator learns the cluster mean and "
+        "never one site's adapter.",
+    )
+    threshold: float = Field(
+        default=2 / 3, ge=0.5, lt=1,
+        description="Shares needed to unmask, as a fraction of the cluster's member sites: t = floor(threshold x n) + 1 "
+        "(capped at n). 2/3 is Bonawitz et al.'s bound against an actively malicious aggregator; at least 1/2.",
+    )  # fmt: skip
+    min_cluster_size: int = Field(
+        default=2, ge=2, le=100000,
+        description="Fewest member sites for a secure sum (a one-member sum is that member's adapter). A smaller "
+        "cluster is not summed that round: its members keep their own adapters and send nothing.",
+    )  # fmt: skip
+    clip: float = Field(
+        default=8.0, gt=0, le=2.0**20,
+        description="Adapter entries are clipped to +-clip before encoding (trained adapters stay far inside 8).",
+    )  # fmt: skip
+    ring_bits: Literal[32, 64] = Field(
+        default=32, description="Width of the ring the masked vectors live in: 32 keeps the upload at float32 size."
+    )
+    fractional_bits: int | None = Field(
+        default=None, ge=1, le=62,
+        description="Fixed-point fractional bits (precision 2^-f per member). Default (null): the most that let every "
+        "roster site sum in the ring without wrapping.",
+    )  # fmt: skip
 
 
 class Quorum(Strict):
@@ -190,6 +220,7 @@ class Plan(Strict):
     aggregation: Aggregation = Field(default_factory=Aggregation)
     training: Training = Field(default_factory=Training)
     privacy: Privacy = Field(default_factory=Privacy)
+    secure_aggregation: SecureAggregation = Field(default_factory=SecureAggregation)
     quorum: Quorum = Field(default_factory=Quorum)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
@@ -223,12 +254,32 @@ class Plan(Strict):
                 f"clustering.k = {self.clustering.k} exceeds tasks x roster = {slots}; "
                 "use at most that many clusters (default: the number of tasks)"
             )
+        self._ring_fits()
         if self.quorum.min_collaborators > len(self.roster):
             raise ValueError(
                 f"quorum.min_collaborators = {self.quorum.min_collaborators} exceeds the roster size "
                 f"{len(self.roster)}; lower it or add sites"
             )
         return self
+
+    def _ring_fits(self) -> None:
+        from fltac_secure.secagg.ring import capacity, max_fractional_bits  # numpy only; no cycle at import time
+
+        sa, members = self.secure_aggregation, len(self.roster)
+        fits = max_fractional_bits(sa.ring_bits, sa.clip, members)
+        if sa.fractional_bits is None:
+            if fits < 1:
+                raise ValueError(
+                    f"secure_aggregation: {members} sites with clip {sa.clip} do not fit a {sa.ring_bits}-bit ring; "
+                    "lower clip or set ring_bits: 64"
+                )
+            object.__setattr__(sa, "fractional_bits", fits)  # resolved here, so the plan hash sees it
+        elif sa.fractional_bits > fits:
+            raise ValueError(
+                f"secure_aggregation: {sa.fractional_bits} fractional bits with clip {sa.clip} let at most "
+                f"{capacity(sa.ring_bits, sa.clip, sa.fractional_bits)} sites sum in a {sa.ring_bits}-bit ring, the roster has {members}; use "
+                f"fractional_bits <= {fits}, a smaller clip or ring_bits: 64"
+            )
 
     # derived values -------------------------------------------------------
     @property
@@ -244,3 +295,4 @@ class Plan(Strict):
             if t.name == name:
                 return t
         raise KeyError(name)
+

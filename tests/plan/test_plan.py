@@ -67,6 +67,12 @@ INVALID = [
     ("roster", ["ok", "no spaces"], "roster"),
     ("tasks.2.labels", ["a", "a", "b"], "tasks[2].labels"),
     ("timeouts.join_s", 0, "timeouts.join_s"),
+    ("secure_aggregation.threshold", 0.4, "secure_aggregation.threshold"),
+    ("secure_aggregation.threshold", 1.0, "secure_aggregation.threshold"),
+    ("secure_aggregation.min_cluster_size", 1, "secure_aggregation.min_cluster_size"),
+    ("secure_aggregation.clip", 0, "secure_aggregation.clip"),
+    ("secure_aggregation.ring_bits", 16, "secure_aggregation.ring_bits"),
+    ("secure_aggregation.fractional_bits", 29, "fractional_bits <= 25"),
 ]
 
 
@@ -121,6 +127,38 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_plan(lst)
 
 
+def test_secure_aggregation_problems_are_each_one_line_with_the_fix(tmp_path):
+    data = mutate("secure_aggregation.threshold", 0.5)
+    data["secure_aggregation"].update(clip=-1, min_cluster_size=1)
+    with pytest.raises(ConfigError) as exc:
+        load_plan(write(tmp_path, data))
+    assert exc.value.exit_code == 2
+    assert [p.split(":")[0] for p in exc.value.problems] == [
+        "secure_aggregation.min_cluster_size", "secure_aggregation.clip"
+    ]
+    many = mutate("roster", [f"s{i}" for i in range(300)])
+    many["secure_aggregation"] = {"enabled": True, "clip": 2.0**16, "fractional_bits": 8}
+    with pytest.raises(ConfigError, match="let at most 127 sites sum in a 32-bit ring, the roster has 300") as exc:
+        load_plan(write(tmp_path, many))
+    assert "ring_bits: 64" in str(exc.value)
+    many["roster"] = [f"s{i}" for i in range(3000)]
+    many["secure_aggregation"] = {"enabled": True, "clip": 2.0**20}
+    with pytest.raises(ConfigError, match="do not fit a 32-bit ring; lower clip or set ring_bits: 64"):
+        load_plan(write(tmp_path, many))
+
+
+def test_secure_aggregation_precision_defaults_to_the_most_the_roster_allows(tmp_path):
+    plan = load_plan(DEMO_PLAN)
+    sa = plan.secure_aggregation
+    from fltac_secure.secagg import Ring
+
+    ring = Ring(sa.ring_bits, sa.fractional_bits, sa.clip)
+    assert ring.capacity() >= len(plan.roster)
+    assert Ring(sa.ring_bits, sa.fractional_bits + 1, sa.clip).capacity() < len(plan.roster)
+    explicit = mutate("secure_aggregation.fractional_bits", sa.fractional_bits)
+    assert plan_hash(load_plan(write(tmp_path, explicit))) == plan_hash(plan)
+
+
 def test_dp_without_noise_or_epsilon_is_refused(tmp_path):
     data = mutate("privacy.dp", True)
     with pytest.raises(ConfigError, match="noise_multiplier"):
@@ -168,6 +206,8 @@ def test_join_window_defaults_to_the_larger_of_60_s_and_three_handshakes(tmp_pat
         ("clustering.seed", 1),
         ("privacy.delta", 1e-6),
         ("training.learning_rate", 0.004),
+        ("secure_aggregation.clip", 4.0),
+        ("secure_aggregation.threshold", 0.75),
     ],
 )
 def test_hash_changes_with_any_semantic_change(tmp_path, path, value):

@@ -1,0 +1,49 @@
+"""The plan's rules for a cluster's secure sum: who takes part, the threshold, the ring, the weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from fltac_secure.errors import SecAggError
+from fltac_secure.secagg.records import Context, Setup
+from fltac_secure.secagg.ring import Ring
+
+if TYPE_CHECKING:
+    from fltac_secure.plan.schema import SecureAggregation
+
+
+def threshold_for(members: int, fraction: float) -> int:
+    """t = floor(fraction x n) + 1, at most n: strictly more than ``fraction`` of the members."""
+    if not 0.5 <= fraction < 1:
+        raise SecAggError(f"threshold fraction {fraction} must be in [0.5, 1)", "bad_setup")
+    return min(members, math.floor(fraction * members) + 1)
+
+
+def ring_of(section: SecureAggregation) -> Ring:
+    """The plan's ring (``fractional_bits`` is resolved when the plan is validated)."""
+    assert section.fractional_bits is not None
+    return Ring(section.ring_bits, section.fractional_bits, section.clip)
+
+
+def cluster_setup(
+    section: SecureAggregation, context: Context, member_weights: Mapping[str, float], length: int
+) -> Setup | str:
+    """The setup for one cluster from its members' public weights, or why the cluster is not securely summed."""
+    members = sorted(member_weights)
+    if len(members) < section.min_cluster_size:
+        return (f"{len(members)} member site(s), fewer than min_cluster_size {section.min_cluster_size}: "
+                "members keep their own adapters this round")  # fmt: skip
+    return Setup(
+        context=context, members=tuple(members), weights=tuple(float(member_weights[m]) for m in members),
+        threshold=threshold_for(len(members), section.threshold), ring=ring_of(section), length=length,
+    )  # fmt: skip
+
+
+def member_weights(slot_sites: Sequence[str], slot_weights: Sequence[float]) -> dict[str, float]:
+    """A site with several slots in one cluster takes part once, with the sum of its slots' weights."""
+    out: dict[str, float] = {}
+    for site, w in zip(slot_sites, slot_weights, strict=True):
+        out[site] = out.get(site, 0.0) + float(w)
+    return out
