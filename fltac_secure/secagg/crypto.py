@@ -12,9 +12,10 @@ pycryptodome's Shamir scheme over GF(2^128). Every failed check raises
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
-from Crypto.Protocol.SecretSharing import Shamir
+from Crypto.Protocol.SecretSharing import Shamir, _Element
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -107,6 +108,44 @@ def combine(shares: dict[int, bytes], threshold: int) -> bytes:
     if any(len(s) != SEED_BYTES for _, s in chosen):
         raise SecAggError("a share is not 16 bytes", "bad_share")
     return Shamir.combine(chosen)
+
+
+def combine_many(shares: Mapping[str, Mapping[int, bytes]], threshold: int) -> dict[str, bytes]:
+    """Rebuild many secrets shared to the same parties: ``shares[owner][party index]`` -> ``{owner: secret}``.
+
+    The server rebuilds one secret per member from the same t parties' shares, so the Lagrange
+    coefficients at zero are the same for every member: computed once here with pycryptodome's own
+    GF(2^128) element (the one ``Shamir.combine`` uses), then each secret costs t products instead
+    of t^2. The first secret is also rebuilt with ``Shamir.combine`` and must agree, so a change
+    inside pycryptodome cannot silently corrupt a sum.
+    """
+    if not shares:
+        return {}
+    common = set.intersection(*(set(s) for s in shares.values()))
+    if len(common) < threshold:
+        raise SecAggError(f"{len(common)} parties hold shares of every secret, {threshold} are needed", "below_threshold")
+    chosen = sorted(common)[:threshold]
+    xs = [_Element(i) for i in chosen]
+    coeffs = []
+    for j, xj in enumerate(xs):
+        num, den = _Element(1), _Element(1)
+        for m, xm in enumerate(xs):
+            if m != j:
+                num *= xm
+                den *= xj + xm
+        coeffs.append(num * den.inverse())
+    out = {}
+    for owner, held in shares.items():
+        if any(len(held[i]) != SEED_BYTES for i in chosen):
+            raise SecAggError(f"a share of {owner!r}'s secret is not {SEED_BYTES} bytes", "bad_share")
+        acc = _Element(0)
+        for c, i in zip(coeffs, chosen, strict=True):
+            acc += c * _Element(held[i])
+        out[owner] = acc.encode()
+    first = next(iter(shares))
+    if out[first] != combine({i: shares[first][i] for i in chosen}, threshold):
+        raise SecAggError("batched Shamir reconstruction disagrees with Shamir.combine; refusing the result", "internal")
+    return out
 
 
 def sign(key: ec.EllipticCurvePrivateKey, payload: bytes) -> bytes:

@@ -127,17 +127,19 @@ class ServerSession:
         dropped = tuple(m for m in self.setup.members if m not in self._u3)
         self.result = ClusterResult(self.setup.context, survivors=(), dropped=dropped, reason=reason)
 
-    def _combine(self, shares: dict[str, UnmaskShares], owner: str, kind: str) -> bytes:
-        held = {self.setup.index(s): (r.self_mask if kind == "self" else r.key_seed)[owner] for s, r in shares.items()}
-        return crypto.combine(held, self.setup.threshold)
+    def _secrets(self, shares: dict[str, UnmaskShares], owners: tuple[str, ...], kind: str) -> dict[str, bytes]:
+        held = {v: {self.setup.index(s): (r.self_mask if kind == "self" else r.key_seed)[v] for s, r in shares.items()}
+                for v in owners}  # fmt: skip
+        return crypto.combine_many(held, self.setup.threshold)
 
     def _unmask(self, shares: dict[str, UnmaskShares]) -> None:
         setup = self.setup
         total = self._sum
-        for v in self._u3:
-            total -= crypto.mask(self_mask_key(setup, v, self._combine(shares, v, "self")), setup.length, setup.ring.dtype)
-        for v in (m for m in self._u2 if m not in self._u3):
-            private = key_seed_private(setup, v, self._combine(shares, v, "key"))
+        for v, seed in self._secrets(shares, self._u3, "self").items():
+            total -= crypto.mask(self_mask_key(setup, v, seed), setup.length, setup.ring.dtype)
+        lost = tuple(m for m in self._u2 if m not in self._u3)  # shared keys, then dropped: their pairwise masks stay
+        for v, seed in self._secrets(shares, lost, "key").items():
+            private = key_seed_private(setup, v, seed)
             if crypto.public_bytes(private) != self._adverts[v].s_pk:
                 self._skip(f"the shares of {v!r}'s key seed do not rebuild its advertised key (a member sent bad shares)")
                 return
