@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -188,3 +190,18 @@ def test_records_arriving_out_of_order_are_refused(make_cluster) -> None:
     book = KeyBook((advert,))
     with pytest.raises(SecAggError, match="only 1 members advertised keys, threshold is 3"):
         client.handle(book)
+
+
+def test_bad_key_seed_shares_from_a_member_skip_the_cluster_instead_of_a_wrong_sum(make_cluster) -> None:
+    c = make_cluster(sites(4), length=20, fraction=0.5)  # t = 3
+    honest = c.clients[SITES[0]].handle
+
+    def tampering(record):
+        reply = honest(record)
+        if getattr(reply, "key_seed", None):
+            reply = dataclasses.replace(reply, key_seed={k: bytes(16) for k in reply.key_seed})
+        return reply
+
+    c.clients[SITES[0]].handle = tampering
+    res = run_cluster(c.server, c.clients, {SITES[3]: Stage.MASK}).result
+    assert res.skipped and "do not rebuild its advertised key" in (res.reason or "")
