@@ -191,6 +191,9 @@ class ServerState:
     vectors: dict[str, np.ndarray]
     cluster_vectors: dict[int, np.ndarray] = field(default_factory=dict)
     clusters: ClusterResult | None = None
+    own: dict[str, int] = field(default_factory=dict)
+    """Secure aggregation: slot -> round whose own trained vector the slot starts from (its cluster was not
+    summed); the aggregator never holds that vector, so ROUND_START and FINAL tell the site to use its own."""
 
     @classmethod
     def initial(cls, plan: Plan, keys: Sequence[str], start: np.ndarray) -> ServerState:
@@ -206,6 +209,7 @@ class ServerState:
         if self.clusters is not None:
             out.update({f"label/{key}": np.array([c], np.int64) for key, c in self.clusters.labels.items()})
             out.update({f"centroid/{c}": np.asarray(v, np.float64) for c, v in self.clusters.centroids.items()})
+        out.update({f"own/{key}": np.array([r], np.int64) for key, r in self.own.items()})
         return out
 
     @classmethod
@@ -215,7 +219,8 @@ class ServerState:
             rnd, k = int(np.asarray(tensors["round"]).item()), int(np.asarray(tensors["k"]).item())
         except (KeyError, ValueError) as exc:
             raise StateError("server checkpoint lacks a scalar 'round' or 'k'; it is not a ServerState") from exc
-        groups: dict[str, dict[str, np.ndarray]] = {"vector": {}, "cluster_vector": {}, "label": {}, "centroid": {}}
+        groups: dict[str, dict[str, np.ndarray]] = {"vector": {}, "cluster_vector": {}, "label": {}, "centroid": {},
+                                                    "own": {}}  # fmt: skip
         for name, arr in tensors.items():
             if name in ("round", "k"):
                 continue
@@ -233,6 +238,7 @@ class ServerState:
             vectors={key: a.astype(np.float32) for key, a in groups["vector"].items()},
             cluster_vectors={_cid(c): a.astype(np.float32) for c, a in sorted(groups["cluster_vector"].items())},
             clusters=clusters,
+            own={key: int(a.item()) for key, a in groups["own"].items()},
         )
 
 
@@ -289,4 +295,5 @@ def server_aggregate(
         vectors=new_vectors,
         cluster_vectors={**state.cluster_vectors, **means},
         clusters=assignment.clusters,
+        own={key: r for key, r in state.own.items() if key not in assignment.labels},
     )

@@ -17,7 +17,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["available_weightings", "cluster_means", "redistribute", "register_weighting", "weighted_mean"]
+__all__ = [
+    "available_weightings", "cluster_means", "redistribute", "register_weighting", "slot_weights", "weighted_mean",
+]
 
 WeightRule = Callable[[np.ndarray], np.ndarray]
 _WEIGHTINGS: dict[str, WeightRule] = {}
@@ -37,6 +39,15 @@ def available_weightings() -> list[str]:
 
 register_weighting("samples", lambda counts: counts.astype(np.float64))
 register_weighting("uniform", lambda counts: np.ones(counts.shape, dtype=np.float64))
+
+
+def slot_weights(counts: Mapping[str, int], weighting: str = "samples") -> dict[str, float]:
+    """Each slot's (unnormalised) weight under ``weighting``: what secure aggregation announces."""
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {available_weightings()}")
+    keys = list(counts)
+    w = _WEIGHTINGS[weighting](np.asarray([int(counts[k]) for k in keys], dtype=np.int64))
+    return {k: float(v) for k, v in zip(keys, w, strict=True)}
 
 
 def weighted_mean(vectors: list[np.ndarray], counts: list[int], weighting: str = "samples") -> np.ndarray:

@@ -38,6 +38,7 @@ from fltac_secure.learning.aggregate import weighted_mean
 from fltac_secure.simulation.context import FEDIT_SLOT, SimContext
 
 if TYPE_CHECKING:
+    from fltac_secure.simulation.secure import LocalSecureAggregation
     from fltac_secure.learning.model import SlotModel
 
 
@@ -105,6 +106,8 @@ class FLTAC(Method):
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
         self.state = ServerState.initial(ctx.plan, list(ctx.key_task), self.init)
+        self._secagg: LocalSecureAggregation | None = None
+        self.secure_report: dict[int, dict] = {}
 
     def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
         return server_assign(self.state, sketches, self.ctx.plan)
@@ -118,7 +121,10 @@ class FLTAC(Method):
                 losses.append(res.stats.get("loss", np.nan))
             _advance(progress)
         assignment = self.assign(sketches)
-        self.state = server_aggregate(self.state, assignment, vectors, counts, plan)
+        if plan.secure_aggregation.enabled:
+            self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts)
+        else:
+            self.state = server_aggregate(self.state, assignment, vectors, counts, plan)
         n, d = len(vectors), self.vector_size
         return RoundOutcome(
             up_params=n * (d + self.sketch_params + 1),
@@ -131,6 +137,13 @@ class FLTAC(Method):
     @property
     def sketch_params(self) -> int:
         return self.ctx.plan.clustering.sketch_dim
+
+    def _secure(self) -> LocalSecureAggregation:
+        if self._secagg is None:
+            from fltac_secure.simulation.secure import LocalSecureAggregation
+
+            self._secagg = LocalSecureAggregation(self.ctx.plan, self.ctx.sites)
+        return self._secagg
 
     def cluster_for_task(self) -> dict[str, int]:
         """Each task's cluster: the one holding most of the task's slots (ties: more samples)."""

@@ -1,0 +1,123 @@
+"""The UPDATE phase under secure aggregation, as plain functions shared by the aggregator and the simulator.
+
+``plan_secure_round`` turns a round's assignment into one protocol instance
+per cluster (members = the sites with slots in it, each site's weight = the
+sum of its slots' weights; a cluster with fewer than ``min_cluster_size``
+sites is not summed). ``member_input`` is what one site feeds its client
+session for one cluster. ``secure_outcome`` turns the per-cluster results
+into the next ``ServerState``: survivors' slots get their cluster's mean;
+slots of a cluster that was not summed (too small, or fewer than t
+survivors) start the next round from their own trained vector, which only
+their site holds (``ServerState.own``); slots of members that dropped out of
+a summed cluster keep their previous vector, as in the plain round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fltac_secure.federation.rounds import Assignment, ServerState
+from fltac_secure.learning.aggregate import redistribute, slot_weights
+from fltac_secure.learning.cluster import ClusterResult
+from fltac_secure.plan import Plan
+from fltac_secure.secagg import ClusterResult as SumResult
+from fltac_secure.secagg import Context, Setup, cluster_setup
+
+
+def _site_of(key: str) -> tuple[str, int]:
+    site, _, index = key.rpartition("/")
+    return site, int(index)
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    """One round's protocol instances: setups of the clusters to sum, reasons for the others, who is where."""
+
+    round: int
+    setups: dict[int, Setup]
+    skipped: dict[int, str]
+    slots: dict[int, dict[str, list[int]]]  # cluster -> site -> slot indices
+    weights: dict[str, float] = field(default_factory=dict)  # slot key -> weight
+
+    def clusters_of(self, site: str) -> list[int]:
+        """Clusters ``site`` takes part in (summed ones only), ascending."""
+        return sorted(c for c in self.setups if site in self.slots[c])
+
+
+def plan_secure_round(
+    plan: Plan, plan_hash: str, round_index: int, attempt: int, labels: Mapping[str, int],
+    counts: Mapping[str, int], length: int,
+) -> SecureRound:  # fmt: skip
+    """The setups for every cluster of ``labels`` (slot key -> cluster) with the plan's rules."""
+    weights = slot_weights({k: counts[k] for k in labels}, plan.aggregation.weighting)
+    slots: dict[int, dict[str, list[int]]] = {}
+    for key, cid in labels.items():
+        site, index = _site_of(key)
+        slots.setdefault(int(cid), {}).setdefault(site, []).append(index)
+    setups: dict[int, Setup] = {}
+    skipped: dict[int, str] = {}
+    for cid, by_site in sorted(slots.items()):
+        member_w = {s: sum(weights[f"{s}/{i}"] for i in idx) for s, idx in by_site.items()}
+        ctx = Context(plan_hash, round_index, attempt, cid)
+        setup = cluster_setup(plan.secure_aggregation, ctx, member_w, length)
+        if isinstance(setup, str):
+            skipped[cid] = setup
+        else:
+            setups[cid] = setup
+    return SecureRound(round_index, setups, skipped, slots, weights)
+
+
+def member_input(sr: SecureRound, cid: int, site: str,
+                 vectors: Mapping[int, np.ndarray]) -> tuple[list[np.ndarray], list[float]]:  # fmt: skip
+    """The vectors of ``site``'s slots in cluster ``cid`` and their weights, for its client session."""
+    idx = sorted(sr.slots[cid][site])
+    return [vectors[i] for i in idx], [sr.weights[f"{site}/{i}"] for i in idx]
+
+
+def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
+                   results: Mapping[int, SumResult]) -> tuple[ServerState, dict[int, dict]]:  # fmt: skip
+    """The next state and a per-cluster report (status, survivors, dropped, reason)."""
+    means: dict[int, np.ndarray] = {}
+    mean_labels: dict[str, int] = {}
+    own: dict[str, int] = {}
+    report: dict[int, dict] = {}
+    for cid, by_site in sorted(sr.slots.items()):
+        res = results.get(cid)
+        keys = {s: [f"{s}/{i}" for i in idx] for s, idx in by_site.items()}
+        if res is not None and not res.skipped:
+            means[cid] = np.asarray(res.mean, dtype=np.float32)
+            mean_labels.update({k: cid for s in res.survivors for k in keys[s]})
+            report[cid] = {"status": "summed", "survivors": list(res.survivors), "dropped": list(res.dropped)}
+        else:
+            reason = sr.skipped.get(cid) or (res.reason if res is not None else "no result")
+            own.update({k: sr.round for ks in keys.values() for k in ks})
+            report[cid] = {"status": "skipped", "reason": reason, "members": sorted(by_site)}
+    vectors = dict(state.vectors)
+    vectors.update(redistribute(means, mean_labels))
+    used = {**mean_labels, **{k: assignment.labels[k] for k in own}}
+    carried = {k: r for k, r in state.own.items() if k not in used}
+    new = ServerState(
+        round=state.round + 1, k=state.k, vectors=vectors, cluster_vectors={**state.cluster_vectors, **means},
+        clusters=ClusterResult(k=assignment.clusters.k, labels=used, centroids=assignment.clusters.centroids),
+        own={**carried, **own},
+    )  # fmt: skip
+    return new, report
+
+
+def updated_sites(report: Mapping[int, dict], sr: SecureRound) -> list[str]:
+    """Sites whose round counted: survivors of a summed cluster and members of a skipped one."""
+    out: set[str] = set()
+    for cid, row in report.items():
+        out |= set(row["survivors"]) if row["status"] == "summed" else set(sr.slots[cid])
+    return sorted(out)
+
+
+def resolve_own(state: ServerState, trained: Mapping[str, np.ndarray]) -> ServerState:
+    """Where every vector is at hand (the simulator): slots marked ``own`` take their trained vector now."""
+    vectors = dict(state.vectors)
+    for key in state.own:
+        vectors[key] = np.asarray(trained[key], dtype=np.float32).copy()
+    return ServerState(state.round, state.k, vectors, state.cluster_vectors, state.clusters, {})
