@@ -33,6 +33,7 @@ from aggregator.outputs import write_outputs
 from aggregator.phases import Member, Phase
 from fltac_secure.errors import StateError
 from fltac_secure.federation import messages as fm
+from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.rounds import ServerState, slot_key
 from fltac_secure.federation.storage import read_json, write_json
 from fltac_secure.transport.envelope import Message
@@ -116,8 +117,10 @@ def final_message(agg: Aggregator, phase: FinalPhase, site: str) -> Message:
     assert agg.server is not None and phase.state is not None
     st, n = phase.state, agg.members[site].slots
     labels = st.clusters.labels if st.clusters else {}
+    own = {i: st.own[slot_key(site, i)] for i in range(n) if slot_key(site, i) in st.own}
     return agg.server.message(fm.FINAL, round=phase.round,
-                              meta={"clusters": [labels.get(slot_key(site, i), -1) for i in range(n)]},
+                              meta={"clusters": [labels.get(slot_key(site, i), -1) for i in range(n)],
+                                    **sm.own_meta(own)},
                               tensors=fm.vector_tensors({i: st.vectors[slot_key(site, i)] for i in range(n)}))
 
 

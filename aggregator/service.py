@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from aggregator.final import FinalPhase, finish, on_join
 from aggregator.phases import Member, Phase, join_of, missed_reasons
 from fltac_secure.errors import FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
+from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import Assignment, ServerState, server_aggregate, server_assign, slot_key
@@ -50,6 +51,9 @@ from fltac_secure.pki.crl import CrlWatch
 from fltac_secure.plan import Plan, Site, plan_hash, section_hashes
 from fltac_secure.transport.envelope import NACK, Message
 from fltac_secure.transport.server import TransportServer
+
+if TYPE_CHECKING:
+    from aggregator.secure import SecureUpdate
 
 MAX_ATTEMPTS = 3
 """Tries per round (the first and two retries) before the run stops."""
@@ -110,7 +114,7 @@ class Aggregator:
         self.log = log or EventLog(site.name)
         self.join_window = float(join_window if join_window is not None else plan.timeouts.join)
         self.faults = faults or Faults()
-        self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
+        self.shapes = fm.plan_shapes(plan, adapter_layout(plan).size)
         self.store = CheckpointStore(self.workspace, self.hash, plan, vector_size=self.shapes.vector_size, log=self.log)
         self.members: dict[str, Member] = {}
         self.joined: set[str] = set()
@@ -119,6 +123,7 @@ class Aggregator:
         self.server: TransportServer | None = None
         self.endpoint: str | None = None
         self.on_round: Callable[[RoundReport], None] | None = None
+        self.secure: SecureUpdate | None = None  # the secure UPDATE in progress, if any
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> ServerState:
@@ -210,6 +215,8 @@ class Aggregator:
         member = self.members[peer]
         if msg.kind == fm.SKETCHES:
             return fm.parse_sketches(msg, member.slots, self.shapes)
+        if self.secure is not None and msg.kind in sm.KINDS:
+            return self.secure.parse(peer, msg)
         if msg.kind == fm.UPDATE:
             assert self.phase is not None
             wanted = [i for i, c in enumerate(self.phase.messages[peer].meta["clusters"]) if c >= 0]
@@ -304,19 +311,29 @@ class Aggregator:
         assignment = server_assign(state, sketches, self.plan)
         self.log.info(f"round {r}: clustered {len(sketches)} slot sketches into "
                       f"{len(set(assignment.labels.values()))} cluster(s); ASSIGNMENT out")
-        update_phase = self._broadcast(sketched, fm.ASSIGNMENT, fm.UPDATE, r,
-                                       lambda s: self._assignment_message(assignment, s, r))
-        updated = update_phase.answered_in(self.plan.roster)
-        if len(updated) < quorum:
-            return f"{len(updated)} site(s) sent updates within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
-        vectors = {slot_key(s, i): v for s in updated for i, v in update_phase.answers[s].items()}
-        sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
-                                          labels={k: assignment.labels[k] for k in vectors},
-                                          centroids=assignment.clusters.centroids))
-        new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
-        report = RoundReport(r, attempt, parts, sketched, updated, dict(sub.labels),
-                             sketch_phase.ignored + update_phase.ignored, time.monotonic() - started,
-                             missed_reasons(self.plan.roster, parts, sketched, updated))
+        if self.plan.secure_aggregation.enabled:
+            from aggregator.secure import secure_round
+
+            outcome = secure_round(self, state, assignment, counts, sketched)
+            if isinstance(outcome, str):
+                return outcome
+            new, extra = outcome
+            updated, ignored = extra.pop("updated"), sketch_phase.ignored + extra.pop("ignored")
+            labels = new.clusters.labels if new.clusters else {}
+        else:
+            update_phase = self._broadcast(sketched, fm.ASSIGNMENT, fm.UPDATE, r,
+                                           lambda s: self._assignment_message(assignment, s, r))
+            updated = update_phase.answered_in(self.plan.roster)
+            if len(updated) < quorum:
+                return f"{len(updated)} site(s) sent updates within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
+            vectors = {slot_key(s, i): v for s in updated for i, v in update_phase.answers[s].items()}
+            sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
+                                              labels={k: assignment.labels[k] for k in vectors},
+                                              centroids=assignment.clusters.centroids))
+            new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
+            extra, ignored, labels = {}, sketch_phase.ignored + update_phase.ignored, dict(sub.labels)
+        report = RoundReport(r, attempt, parts, sketched, updated, dict(labels), ignored, time.monotonic() - started,
+                             missed_reasons(self.plan.roster, parts, sketched, updated), extra)
         self._commit(new, report, sketches)
         return new
 
@@ -347,8 +364,10 @@ class Aggregator:
 
     def _start_message(self, state: ServerState, site: str, r: int) -> Message:
         assert self.server is not None
-        vecs = {i: state.vectors[slot_key(site, i)] for i in range(self.members[site].slots)}
-        return self.server.message(fm.ROUND_START, round=r, tensors=fm.vector_tensors(vecs))
+        n = self.members[site].slots
+        vecs = {i: state.vectors[slot_key(site, i)] for i in range(n)}
+        own = {i: state.own[slot_key(site, i)] for i in range(n) if slot_key(site, i) in state.own}
+        return self.server.message(fm.ROUND_START, round=r, meta=sm.own_meta(own), tensors=fm.vector_tensors(vecs))
 
     def _assignment_message(self, assignment: Assignment, site: str, r: int) -> Message:
         assert self.server is not None
@@ -371,7 +390,8 @@ class Aggregator:
 
         row = {"round": report.round, "attempt": report.attempt, "participants": report.participants,
                "sketched": report.sketched, "updated": report.updated, "clusters": report.clusters,
-               "missed": report.missed, "ignored_messages": report.ignored, "seconds": round(report.seconds, 3)}
+               "missed": report.missed, "ignored_messages": report.ignored, "seconds": round(report.seconds, 3),
+               **report.extra}
         self.history.append(row)
         members = {s: m.counts for s, m in self.members.items()}
         tasks = {s: m.tasks for s, m in self.members.items() if m.tasks}

@@ -30,17 +30,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collaborator.workspace import RoundCache, SiteWorkspace
 from fltac_secure.errors import ProtocolError, StateError, TransportError
 from fltac_secure.federation import messages as fm
+from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.storage import pin_plan
 from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
 from fltac_secure.transport.client import TransportClient
 from fltac_secure.transport.envelope import Message
+
+if TYPE_CHECKING:
+    from collaborator.secure import SecureSide
 
 RETRYABLE = frozenset({"unreachable", "timeout", "crashed", "closed"})
 """Transport failures worth a fresh session; anything else (a refusal) is final."""
@@ -69,7 +73,7 @@ class Collaborator:
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.log = log or EventLog(site.name)
         self.ws = SiteWorkspace(plan, site, self.hash)
-        self.shapes = fm.Shapes(adapter_layout(plan).size, plan.clustering.sketch_dim, plan.k)
+        self.shapes = fm.plan_shapes(plan, adapter_layout(plan).size)
         self.rejoin_s, self.stall_timeout = rejoin_s, stall_timeout
         self.patience_s = patience_s if patience_s is not None else 2 * plan.timeouts.round_s + 60
         self.faults = faults or Faults()
@@ -79,6 +83,7 @@ class Collaborator:
         self.client: TransportClient | None = None
         self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
         self.down_since: float | None = None  # first failure since the last session connected (patience counts from it)
+        self.secure: SecureSide | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def client_for(self) -> TransportClient:
@@ -103,6 +108,10 @@ class Collaborator:
         self.log.info(f"loading data and model for task(s) {', '.join(self.ws.tasks)}")
         self.ws.load()
         self.cache = self.ws.load_cache()
+        if self.plan.secure_aggregation.enabled:
+            from collaborator.secure import SecureSide
+
+            self.secure = SecureSide(self)
         if self.plan.privacy.dp:
             from fltac_secure.privacy.dp import site_trainer
             from fltac_secure.privacy.ledger import PrivacyLedger
@@ -158,6 +167,7 @@ class Collaborator:
             self.client = None
 
     def _send(self, kind: str, r: int, meta: dict | None = None, tensors: dict | None = None) -> None:
+        """Send one message to the aggregator (blocks up to round_s for room in the window)."""
         assert self.client is not None
         self.client.send(self.client.message(kind, round=r, meta=meta, tensors=tensors),
                          timeout=self.plan.timeouts.round_s)
@@ -174,6 +184,8 @@ class Collaborator:
                 self._round_start(msg)
             elif msg.kind == fm.ASSIGNMENT:
                 self._assignment(msg)
+            elif msg.kind in sm.ANSWER and self.secure is not None:
+                self.secure.on_stage(msg)
             elif msg.kind == fm.FINAL:
                 self._final(msg)
             elif msg.kind == fm.ABORT:
@@ -191,7 +203,7 @@ class Collaborator:
         from fltac_secure.federation.rounds import client_round
 
         r = msg.round
-        vectors = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        vectors = self._own(msg, fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes))
         self.last = (r, fm.ROUND_START)
         if r > 0:
             self._report(self.ws.keep_globals(r, vectors), f"global adapters after round {r - 1}")
@@ -222,14 +234,31 @@ class Collaborator:
             return
         self.last = (r, fm.ASSIGNMENT)
         have = {_index(x.key): x.vector for x in self.cache.results}
+        if self.secure is not None:
+            self.last = (r, fm.UPDATE)
+            self._crash_point(sm.SA_KEYS, r)
+            self.secure.on_assignment(msg, clusters, have, {_index(x.key): x.n_samples for x in self.cache.results})
+            return
         wanted = {i: have[i] for i, c in enumerate(clusters) if c >= 0 and i in have}
         self._crash_point(fm.UPDATE, r)
         self._send(fm.UPDATE, r, tensors=fm.vector_tensors(wanted))
         self.last = (r, fm.UPDATE)
         self.log.info(f"round {r}: sent {len(wanted)} adapter(s) for clusters {[c for c in clusters if c >= 0]}")
 
+    def _own(self, msg: Message, vectors: dict[int, Any]) -> dict[int, Any]:
+        """Slots whose cluster was not securely summed continue from this site's own trained vector."""
+        own = sm.parse_own(msg, len(self.ws.slots))
+        have = {_index(x.key): x.vector for x in self.cache.results} if self.cache is not None else {}
+        for i, rr in own.items():
+            if self.cache is not None and self.cache.round == rr and i in have:
+                vectors[i] = have[i]
+            else:
+                self.log.warn(f"slot {self.ws.tasks[i]}: no own adapter of round {rr} here (restarted without its "
+                              "cache?); continuing from the aggregator's last vector for it")  # fmt: skip
+        return vectors
+
     def _final(self, msg: Message) -> None:
-        vectors = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        vectors = self._own(msg, fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes))
         clusters = fm.parse_clusters(msg, len(self.ws.slots), self.shapes)
         self.last = (msg.round, fm.FINAL)
         rows = self.ws.keep_globals(msg.round, vectors, final=True)

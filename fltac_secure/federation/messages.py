@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,8 @@ class Shapes:
     vector_size: int
     sketch_dim: int
     k: int
+    secure_sites: int = 0  # roster size when secure aggregation is on: its key books list every member
+    ring_bytes: int = 4  # bytes per element of a masked vector
 
     def max_message_bytes(self, n_slots: int) -> int:
         """The largest legitimate message for a site of ``n_slots`` slots, plus 25% and 1 MiB of headroom.
@@ -101,9 +104,18 @@ class Shapes:
         from the plan means a peer cannot make the receiver buffer 512 MiB for
         a federation whose messages are a few hundred KiB.
         """
-        per_slot = max(4 * self.vector_size, 8 * self.sketch_dim) + 256
+        per_slot = max(max(4, self.ring_bytes) * self.vector_size, 8 * self.sketch_dim) + 256
         body = n_slots * per_slot
+        if self.secure_sites:  # a key book: per member and cluster two keys, a signature, names; a certificate each
+            body += n_slots * self.secure_sites * 512 + self.secure_sites * 8192
         return body + body // 4 + (1 << 20)
+
+
+def plan_shapes(plan: Any, vector_size: int) -> Shapes:
+    """The Shapes of ``plan`` (a Plan) for adapters of ``vector_size``."""
+    sa = plan.secure_aggregation
+    return Shapes(vector_size, plan.clustering.sketch_dim, plan.k,
+                  secure_sites=len(plan.roster) if sa.enabled else 0, ring_bytes=sa.ring_bits // 8)  # fmt: skip
 
 
 def message_limit(plan_max_mb: float | None, shapes: Shapes, n_slots: int) -> int:

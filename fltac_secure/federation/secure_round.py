@@ -94,7 +94,8 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
         else:
             reason = sr.skipped.get(cid) or (res.reason if res is not None else "no result")
             own.update({k: sr.round for ks in keys.values() for k in ks})
-            report[cid] = {"status": "skipped", "reason": reason, "members": sorted(by_site)}
+            report[cid] = {"status": "skipped", "reason": reason, "members": sorted(by_site),
+                           "attempted": cid in sr.setups}
     vectors = dict(state.vectors)
     vectors.update(redistribute(means, mean_labels))
     used = {**mean_labels, **{k: assignment.labels[k] for k in own}}
@@ -108,10 +109,17 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
 
 
 def updated_sites(report: Mapping[int, dict], sr: SecureRound) -> list[str]:
-    """Sites whose round counted: survivors of a summed cluster and members of a skipped one."""
+    """Sites whose round counted: survivors of a summed cluster and members of one too small to sum.
+
+    Members of a cluster whose protocol stopped below the threshold do not count: their
+    part did not complete (they keep their own adapters all the same).
+    """
     out: set[str] = set()
     for cid, row in report.items():
-        out |= set(row["survivors"]) if row["status"] == "summed" else set(sr.slots[cid])
+        if row["status"] == "summed":
+            out |= set(row["survivors"])
+        elif not row["attempted"]:
+            out |= set(sr.slots[cid])
     return sorted(out)
 
 

@@ -1,0 +1,111 @@
+"""This site's part of secure aggregation: the member's state machine, one run at a time, in memory only.
+
+On a secure ASSIGNMENT the site builds one ``ClientSession`` per cluster it
+is in (fresh keys and seeds, its slots' trained vectors from the round cache)
+and answers SA_KEYS; each later stage message is answered for every cluster
+it carries. Every check of the protocol (signatures against this site's CA
+copy, roster and CRL; its own keys unchanged; shares that decrypt; the
+survivor set; the one-share rule) runs in ``fltac_secure.secagg.client``;
+a failed check stops the site with an error that names it, because it means
+the aggregator (or a member) is not following the protocol. Secrets never
+touch the disk: a restarted site has none and simply drops out of that run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fltac_secure.errors import SecAggError, StateError
+from fltac_secure.federation import secure_messages as sm
+from fltac_secure.learning.aggregate import slot_weights
+from fltac_secure.secagg import ClientSession, Context, PeerVerifier, Setup, Signer, ring_of, threshold_for
+from fltac_secure.transport.envelope import Message
+
+if TYPE_CHECKING:
+    from collaborator.service import Collaborator
+
+_PARSE = {sm.SA_KEYBOOK: lambda msg, me: sm.parse_keybook(msg), sm.SA_DELIVERY: sm.parse_delivery,
+          sm.SA_SURVIVORS: lambda msg, me: sm.parse_survivors(msg), sm.SA_UNMASK: lambda msg, me: sm.parse_unmask(msg)}
+_PARTS = {sm.SA_SHARES: sm.shares_parts, sm.SA_MASKED: sm.masked_parts, sm.SA_CONSISTENCY: sm.consistency_parts,
+          sm.SA_REVEAL: sm.reveal_parts}  # fmt: skip
+
+
+class SecureSide:
+    """The member side for ``collab``'s site."""
+
+    def __init__(self, collab: Collaborator) -> None:
+        certs = collab.site.certs
+        self.c = collab
+        self.signer = Signer.from_files(collab.site.name, certs.cert, certs.key)
+        self.run: tuple[int, int] | None = None  # (round, attempt) of the sessions below
+        self.sessions: dict[int, ClientSession] = {}
+        if certs.crl is None:
+            collab.log.warn("no CRL in the site file: secure aggregation cannot refuse keys of revoked sites; "
+                            "add certs.crl (the CA's crl.pem)")  # fmt: skip
+
+    def _verifier(self) -> PeerVerifier:
+        certs = self.c.site.certs
+        return PeerVerifier.from_files(certs.ca, self.c.plan.roster, certs.crl)  # re-read per run: new revocations
+
+    def _fail(self, r: int, exc: SecAggError) -> StateError:
+        self.sessions, self.run = {}, None
+        self.c.log.error(f"round {r}: secure aggregation check failed: {exc}")
+        return StateError(
+            f"secure aggregation check failed in round {r} ({exc.reason}): {exc}; this site stopped rather than "
+            "reveal anything: the aggregator or a member is not following the protocol"
+        )
+
+    def on_assignment(self, msg: Message, clusters: list[int], vectors: dict[int, Any], counts: dict[int, int]) -> None:
+        """Start a run: one session per summed cluster this site is in; send SA_KEYS."""
+        plan, r = self.c.plan, msg.round
+        attempt, setups, skipped = sm.parse_assignment_setup(msg)
+        mine = {c for c in clusters if c >= 0}
+        if set(setups) | set(skipped) != mine:
+            raise self._fail(r, SecAggError(f"the setup names clusters {sorted(set(setups) | set(skipped))}, the "
+                                            f"assignment {sorted(mine)}", "bad_setup"))  # fmt: skip
+        self.sessions, self.run = {}, (r, attempt)
+        if skipped:
+            self.c.log.info(f"round {r}: cluster(s) {skipped} not securely summed; keeping this site's own adapters")
+        if not setups:
+            return
+        weights = slot_weights({str(i): counts[i] for i in vectors}, plan.aggregation.weighting)
+        verifier = self._verifier()
+        sa = plan.secure_aggregation
+        try:
+            for c, (members, member_weights) in setups.items():
+                if len(members) < sa.min_cluster_size:
+                    raise SecAggError(f"cluster {c} has {len(members)} member(s), fewer than the plan's "
+                                      f"min_cluster_size {sa.min_cluster_size}", "bad_setup")  # fmt: skip
+                setup = Setup(Context(self.c.hash, r, attempt, c), members, member_weights,
+                              threshold_for(len(members), sa.threshold), ring_of(sa), self.c.shapes.vector_size)  # fmt: skip
+                idx = [i for i, cl in enumerate(clusters) if cl == c and i in vectors]
+                self.sessions[c] = ClientSession(setup, self.signer, verifier, [vectors[i] for i in idx],
+                                                 [weights[str(i)] for i in idx])  # fmt: skip
+            adverts = {c: s.advertise() for c, s in self.sessions.items()}
+        except SecAggError as exc:
+            raise self._fail(r, exc) from exc
+        clipped = sum(s.clipped for s in self.sessions.values())
+        if clipped:
+            self.c.log.warn(f"round {r}: {clipped} adapter value(s) beyond +-{sa.clip} were clipped for the secure sum")
+        self.c._send(sm.SA_KEYS, r, **sm.keys_parts(attempt, adverts))
+        self.c.log.info(f"round {r}: secure aggregation in cluster(s) {sorted(self.sessions)}; keys sent")
+
+    def on_stage(self, msg: Message) -> None:
+        """Answer one stage message of the current run for every cluster it carries."""
+        r = msg.round
+        if self.run != (r, sm.attempt_of(msg)):
+            self.c.log.warn(f"ignored {msg.kind} of round {r}: not the secure aggregation run this site is in")
+            return
+        records = _PARSE[msg.kind](msg, self.c.site.name)
+        unknown = sorted(set(records) - set(self.sessions))
+        try:
+            if unknown:
+                raise SecAggError(f"{msg.kind} names cluster(s) {unknown} this site is not summing in", "bad_message")
+            replies = {c: self.sessions[c].handle(rec) for c, rec in records.items()}
+        except SecAggError as exc:
+            raise self._fail(r, exc) from exc
+        answer = sm.ANSWER[msg.kind]
+        self.c._send(answer, r, **_PARTS[answer](self.run[1], replies))
+        if answer == sm.SA_REVEAL:
+            self.c.log.info(f"round {r}: unmasking shares sent for cluster(s) {sorted(replies)}")
+            self.sessions = {c: s for c, s in self.sessions.items() if c not in replies}
