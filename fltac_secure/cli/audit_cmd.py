@@ -12,7 +12,7 @@ from rich.table import Table
 
 from fltac_secure.cli.common import console, print_json
 from fltac_secure.errors import ConfigError
-from fltac_secure.federation.audit import GROUPINGS, Totals, compare, group_totals, total
+from fltac_secure.federation.audit import GROUPINGS, Totals, compare, group_totals, secure_overhead, total
 from fltac_secure.federation.ledger import LEDGER_NAME, LedgerReadResult, read_ledger
 from fltac_secure.federation.sizes import model_sizes
 from fltac_secure.plan import Plan, load_plan
@@ -70,7 +70,11 @@ def _report(workspace: Path, plan: Plan, by: str, rank: int) -> tuple[LedgerRead
     """The ledger, its totals grouped ``by``, and the FedIT/full comparison at ``rank``."""
     led = read_ledger(workspace / LEDGER_NAME)
     groups = group_totals(led.entries, by, plan.roster)
-    return led, groups, compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
+    cmp = compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
+    secure = secure_overhead(led.entries, plan.roster)
+    if secure is not None:
+        cmp["secure_aggregation"] = secure
+    return led, groups, cmp
 
 
 def print_audit(workspace: Path, plan: Plan, by: str = "kind", rank: int = 8) -> None:
@@ -95,6 +99,18 @@ def _print_tables(by, led, groups, cmp) -> None:  # type: ignore[no-untyped-def]
         ratio = row["total"] / actual if actual else None
         c.add_row(name, _fmt(row["up"]), _fmt(row["down"]), _fmt(row["total"]), "-" if ratio is None else f"{ratio:.2f}x")
     console.print(c)
+    secure = cmp.get("secure_aggregation")
+    if secure:
+        s = Table(title="Secure aggregation: bytes its own messages added (keys, sealed shares, signatures, "
+                        "unmasking shares; the masked adapters are counted above)")
+        for col in ("round / site", "messages", "payload bytes", "wire bytes"):
+            s.add_column(col, justify="right")
+        for label, block in (("round", secure["per_round"]), ("site", secure["per_site"])):
+            for k, v in block.items():
+                s.add_row(f"{label} {k}", _fmt(v["messages"]), _fmt(v["payload_bytes"]), _fmt(v["wire_bytes"]))
+        s.add_row("total", _fmt(secure["overhead_messages"]), _fmt(secure["overhead_payload_bytes"]),
+                  _fmt(secure["overhead_wire_bytes"]), style="bold")
+        console.print(s)
     if led.skipped:
         console.print(f"[yellow]{led.skipped} torn or malformed ledger line(s) skipped[/yellow]")
 

@@ -16,7 +16,7 @@ from fltac_secure.cli.common import console
 from fltac_secure.errors import ConfigError
 
 
-def demo_plan(sites: int | None, rounds: int | None, base: str | None):  # type: ignore[no-untyped-def]
+def demo_plan(sites: int | None, rounds: int | None, base: str | None, secagg: bool = True):  # type: ignore[no-untyped-def]
     """plans/demo.yaml with the command's overrides (validated again)."""
     from fltac_secure.plan import DEMO_PLAN, Plan, load_plan
 
@@ -33,6 +33,8 @@ def demo_plan(sites: int | None, rounds: int | None, base: str | None):  # type:
         data["rounds"] = rounds
     if base is not None:
         data["model"]["base"] = base
+    data["secure_aggregation"]["enabled"] = secagg
+    data["secure_aggregation"]["fractional_bits"] = None  # re-derived for this roster size
     return Plan.model_validate(data)
 
 
@@ -51,21 +53,29 @@ def demo(
     workdir: Path | None = typer.Option(None, "--workdir", help="Keep everything in this (new or empty) folder."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder at the end."),
     base: str | None = typer.Option(None, "--base", hidden=True, help="Base model override (tests: tiny-bert)."),
+    secagg: bool = typer.Option(True, "--secagg/--no-secagg",
+                                help="Secure aggregation inside clusters (default on); --no-secagg runs the plain "
+                                     "round, each site's adapter sent to the aggregator, for comparison."),
 ) -> None:
     """Run a whole federation on this machine, then show per-task accuracy and the audit.
 
     Makes a CA, enrolls the aggregator and every site through the real CSR +
     fingerprint flow, splits the shipped data over the sites, and starts the
     aggregator and the sites as separate processes over mutual TLS on loopback.
+    Each cluster's adapters are summed under secure aggregation unless
+    --no-secagg is given.
     """
     from fltac_secure.federation.demo import build_federation
-    from fltac_secure.federation.demo_run import cluster_check, evaluate_final, participation, run_processes
+    from fltac_secure.federation.demo_run import (
+        cluster_check, evaluate_final, participation, run_processes, secure_summary,
+    )  # fmt: skip
 
     started = time.monotonic()
-    plan = demo_plan(sites, rounds, base)
+    plan = demo_plan(sites, rounds, base, secagg)
     root, remove = _workdir(workdir, keep)
     try:
-        console.rule(f"fltac demo: {len(plan.roster)} sites, {len(plan.tasks)} tasks, {plan.rounds} rounds")
+        mode = "secure aggregation on" if secagg else "secure aggregation off (--no-secagg)"
+        console.rule(f"fltac demo: {len(plan.roster)} sites, {len(plan.tasks)} tasks, {plan.rounds} rounds, {mode}")
         layout = build_federation(plan, root)
         console.print(f"workspace {root}: CA, {len(layout.sites) + 1} enrolled certificates (CSR + fingerprint), "
                       f"demo data; aggregator on {layout.endpoint}")
@@ -76,6 +86,7 @@ def demo(
         check = cluster_check(layout, plan)
         console.print(f"clusters match tasks: {'yes' if check['match'] else 'no'}  {check['clusters']}")
         print_audit(layout.aggregator, plan)
+        _print_secure(secure_summary(layout), secagg)
         console.print(f"global adapters (peft): {layout.aggregator / 'out'}/cluster_*  and  <site>/out/<task>/")
         console.print(f"plots: {layout.aggregator / 'out' / 'clusters.png'}, <site>/out/accuracy.png")
         console.print(f"full audit: fltac audit --workspace {layout.aggregator}")
@@ -104,6 +115,18 @@ def _print_participation(record: dict[str, Any], rounds: int) -> None:
         took = ", ".join(str(r) for r in row["rounds"]) or "none"
         t.add_row(site, took, "stale" if row["stale"] else "up to date")
     console.print(t)
+
+
+def _print_secure(summary: dict[str, Any], secagg: bool) -> None:
+    if not secagg:
+        console.print("secure aggregation: off (--no-secagg): every site's adapter reached the aggregator, inside TLS")
+        return
+    console.print(f"secure aggregation: {summary['summed']} cluster-round(s) securely summed, "
+                  f"{len(summary['skipped'])} not summed; the aggregator never held a site's adapter; "
+                  f"the protocol added {summary['overhead_bytes']:,} bytes on the wire "
+                  f"({summary['overhead_bytes_per_round']:,.0f} per round)")  # fmt: skip
+    for row in summary["skipped"]:
+        console.print(f"  round {row['round']} cluster {row['cluster']}: {row['reason']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,17 @@ from fltac_secure.federation.ledger import LedgerEntry
 
 GROUPINGS = ("round", "site", "kind", "direction")
 CONTROL_KINDS = frozenset({"HELLO", "WELCOME", "REJECT", "ACK", "PING", "PONG", "BYE"})
+MASKED_KIND = "SA_MASKED"
+
+
+def is_secagg_overhead(kind: str) -> bool:
+    """Secure aggregation's own messages (keys, sealed shares, signatures, unmasking shares).
+
+    Their tensors are bytes, not parameters: the comparison with FedIT and full
+    fine-tuning leaves them out and ``secure_overhead`` reports them. The masked
+    vectors (SA_MASKED) are the adapters themselves, masked, and count as parameters.
+    """
+    return kind.startswith("SA_") and kind != MASKED_KIND
 
 
 @dataclass
@@ -27,7 +38,7 @@ class Totals:
 
     def add(self, e: LedgerEntry) -> None:
         self.messages += 1
-        self.elements += e.elements
+        self.elements += 0 if is_secagg_overhead(e.kind) else e.elements  # bytes of keys and shares, not parameters
         self.payload_bytes += e.payload_bytes
         self.wire_bytes += e.wire_bytes
 
@@ -127,6 +138,8 @@ def compare(entries: Sequence[LedgerEntry], roster: Sequence[str], sizes: ModelS
     up_pairs: set[tuple[int, str]] = set()
     down_pairs: set[tuple[int, str]] = set()
     for e in entries:
+        if is_secagg_overhead(e.kind):
+            continue
         is_up = (e.direction != "sent") if agg_side else (e.direction == "sent")
         pair = (e.round, collaborator_of(e, roster))
         if is_up:
@@ -147,3 +160,32 @@ def compare(entries: Sequence[LedgerEntry], roster: Sequence[str], sizes: ModelS
         full_down=len(down_pairs) * sizes.full_model,
         sizes=sizes,
     )
+
+
+def secure_overhead(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> dict[str, object] | None:
+    """Bytes secure aggregation added (its own messages, both directions), in all, per round and per site.
+
+    ``masked_payload_bytes`` is the masked vectors' payload, the secure round's counterpart of
+    UPDATE. None when the ledger holds no secure aggregation traffic.
+    """
+    rows = [e for e in entries if e.kind.startswith("SA_")]
+    if not rows:
+        return None
+    per_round: dict[str, Totals] = defaultdict(Totals)
+    per_site: dict[str, Totals] = defaultdict(Totals)
+    overhead, masked = Totals(), Totals()
+    for e in rows:
+        if e.kind == MASKED_KIND:
+            masked.add(e)
+            continue
+        overhead.add(e)
+        per_round[str(e.round)].add(e)
+        per_site[collaborator_of(e, roster)].add(e)
+    return {
+        "overhead_messages": overhead.messages,
+        "overhead_payload_bytes": overhead.payload_bytes,
+        "overhead_wire_bytes": overhead.wire_bytes,
+        "masked_payload_bytes": masked.payload_bytes,
+        "per_round": {k: v.as_dict() for k, v in sorted(per_round.items(), key=lambda kv: int(kv[0]))},
+        "per_site": {k: v.as_dict() for k, v in sorted(per_site.items())},
+    }

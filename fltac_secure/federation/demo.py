@@ -68,10 +68,23 @@ def enroll(name: str, role: str, folder: Path, ca_dir: Path) -> Path:
 
 
 def publish_crl(layout: FederationLayout) -> None:
-    """Copy the CA's current CRL to the aggregator (after a revocation)."""
+    """Copy the CA's current CRL to the aggregator and every site (after a revocation).
+
+    The aggregator refuses revoked sites at the handshake; the sites check each other's
+    secure aggregation keys against it.
+    """
     from fltac_secure.pki.ca import CRL_FILE
 
-    shutil.copyfile(layout.ca_dir / CRL_FILE, layout.aggregator / "certs" / "crl.pem")
+    for folder in (layout.aggregator, *layout.sites.values()):
+        shutil.copyfile(layout.ca_dir / CRL_FILE, folder / "certs" / "crl.pem")
+
+
+def _site_file_with_crl(path: Path) -> None:
+    """Point a collaborator's site file at its copy of the CRL (demo layouts publish one to every site)."""
+    data = yaml.safe_load(path.read_text())
+    data["certs"]["crl"] = "certs/crl.pem"
+    head = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    path.write_text(head + yaml.safe_dump(data, sort_keys=False))
 
 
 def build_federation(plan: Plan, root: Path, *, endpoint: str | None = None) -> FederationLayout:
@@ -89,6 +102,8 @@ def build_federation(plan: Plan, root: Path, *, endpoint: str | None = None) -> 
     for name, folder in sites.items():
         enroll(name, "collaborator", folder, ca_dir)
     publish_crl(layout)
+    for name in sites:
+        _site_file_with_crl(layout.site_file(name))
     return layout
 
 

@@ -128,3 +128,24 @@ def evaluate_final(layout: FederationLayout, plan: Plan) -> list[dict[str, Any]]
         majority = float(np.bincount(test.labels, minlength=task.num_labels).max() / max(len(test), 1))
         rows.append({"task": task_name, "site": site, "n": len(test), "majority": majority, **m})
     return rows
+
+
+def secure_summary(layout: FederationLayout) -> dict[str, Any]:
+    """Clusters securely summed and skipped (from the aggregator's metrics) and the bytes the protocol added."""
+    from fltac_secure.federation.audit import secure_overhead
+    from fltac_secure.federation.ledger import read_ledger
+    from fltac_secure.plan import load_plan
+
+    rows = [json.loads(line) for line in (layout.aggregator / "out" / "metrics.jsonl").read_text().splitlines() if line]
+    summed, skipped = 0, []
+    for row in rows:
+        for cid, c in (row.get("secure") or {}).items():
+            if c["status"] == "summed":
+                summed += 1
+            else:
+                skipped.append({"round": row["round"], "cluster": int(cid), "reason": c["reason"]})
+    plan = load_plan(layout.plan_path)
+    overhead = secure_overhead(read_ledger(layout.aggregator / "ledger.jsonl").entries, plan.roster) or {}
+    wire = int(overhead.get("overhead_wire_bytes", 0))
+    return {"summed": summed, "skipped": skipped, "overhead_bytes": wire,
+            "overhead_bytes_per_round": wire / max(len(rows), 1)}

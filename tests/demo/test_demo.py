@@ -28,6 +28,8 @@ def test_demo_two_sites_one_round(tmp_path: Path) -> None:
         assert task in out
     assert "Wire traffic by kind" in out and "full_finetuning" in out
     assert "rounds taken part in" in out and "up to date" in out  # per site: rounds, stale adapters flagged
+    assert "secure aggregation on" in out and "cluster-round(s) securely summed" in out
+    assert "never held a site's adapter" in out and "SA_MASKED" in out
     # separate processes left their own workspaces, ledgers and adapters
     assert (work / "aggregator" / "state" / "checkpoint.json").is_file()
     assert (work / "aggregator" / "ledger.jsonl").is_file()

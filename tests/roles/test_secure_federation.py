@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from roles_harness import Fed, start, tiny_plan
-from test_federation import assert_same_state, run_federation, simulate_fltac
+from test_federation import assert_same_state, simulate_fltac
 
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.demo import build_federation
@@ -141,3 +141,27 @@ def test_a_hostile_aggregator_swapping_a_key_is_refused_and_the_run_stops(tmp_pa
     agg.join(120)
     assert agg.error and "failed" in str(agg.error[0])
     assert not agg.obj.history  # no round completed
+
+
+def test_audit_counts_masked_adapters_as_parameters_and_the_protocol_as_overhead(secure_run) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fltac_secure.cli import app
+    from fltac_secure.learning.adapters import adapter_layout
+
+    fed, run = secure_run
+    res = CliRunner().invoke(app, ["audit", "--workspace", str(fed.layout.aggregator), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    d, dim = adapter_layout(fed.plan).size, fed.plan.clustering.sketch_dim
+    slots = sum(len(fed.site(s).data) for s in fed.layout.sites)
+    masked = sum(len(row["secure"]) and sum(len(c["survivors"]) for c in row["secure"].values())
+                 for row in run["history"])  # one masked vector per (site, cluster) per round
+    assert data["comparison"]["fltac"]["up"] == fed.plan.rounds * slots * dim + masked * d
+    sa = data["comparison"]["secure_aggregation"]
+    assert sa["overhead_payload_bytes"] > 0 and set(sa["per_site"]) == set(fed.layout.sites)
+    assert sa["masked_payload_bytes"] >= masked * d * 4
+    table = CliRunner().invoke(app, ["audit", "--workspace", str(fed.layout.aggregator), "--by", "kind"])
+    assert "Secure aggregation" in table.output and "SA_KEYS" in table.output
