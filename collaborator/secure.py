@@ -47,6 +47,15 @@ class SecureSide:
         certs = self.c.site.certs
         return PeerVerifier.from_files(certs.ca, self.c.plan.roster, certs.crl)  # re-read per run: new revocations
 
+    def _abandon(self, r: int, exc: SecAggError) -> bool:
+        """A member revoked after the aggregator built this run (the CRLs were read a moment apart): leave this
+        run (nothing revealed, the protocol goes on without this site) instead of stopping the site."""
+        if exc.reason != "revoked":
+            return False
+        self.sessions, self.run = {}, None
+        self.c.log.warn(f"round {r}: left this secure aggregation run: {exc}")
+        return True
+
     def _fail(self, r: int, exc: SecAggError) -> StateError:
         self.sessions, self.run = {}, None
         self.c.log.error(f"round {r}: secure aggregation check failed: {exc}")
@@ -103,6 +112,8 @@ class SecureSide:
                 raise SecAggError(f"{msg.kind} names cluster(s) {unknown} this site is not summing in", "bad_message")
             replies = {c: self.sessions[c].handle(rec) for c, rec in records.items()}
         except SecAggError as exc:
+            if self._abandon(r, exc):
+                return
             raise self._fail(r, exc) from exc
         answer = sm.ANSWER[msg.kind]
         self.c._send(answer, r, **_PARTS[answer](self.run[1], replies))
