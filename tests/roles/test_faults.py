@@ -108,6 +108,7 @@ def _intruder(fed: Fed, tmp: Path) -> Any:
     text = (fed.layout.sites["site1"] / "site.yaml").read_text().replace("site1", "intruder")
     (folder / "site.yaml").write_text(text)
     enroll("intruder", "collaborator", folder, fed.layout.ca_dir)
+    shutil.copyfile(fed.layout.sites["site1"] / "certs" / "crl.pem", folder / "certs" / "crl.pem")
     return Collaborator(fed.plan, load_site(folder / "site.yaml"), log=EventLog("intruder", quiet=True))
 
 

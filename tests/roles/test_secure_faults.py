@@ -183,7 +183,7 @@ def test_aggregator_killed_mid_protocol_restarts_the_round_with_fresh_keys(tmp_p
         for name in ("site1", "site2", "site3"):
             assert wait_exit(procs[name], 60, every) == 0, report(every)
         assert "resuming from checkpoint: round 1" in agg2.text()
-        keys = [r for r in procs["site2"].rows("sent", sm.SA_KEYS, 1)]
+        keys = {r["msg_id"] for r in procs["site2"].rows("sent", sm.SA_KEYS, 1)}  # a resent message keeps its id
         assert len(keys) == 2, keys  # one run before the kill, a fresh one after (new keys, new attempt)
         hist = history(agg2)
         assert hist[1]["updated"] == ["site1", "site2", "site3"]
