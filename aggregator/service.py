@@ -45,6 +45,7 @@ from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import Assignment, ServerState, server_aggregate, server_assign, slot_key
+from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import append_jsonl, pin_plan
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.pki.crl import CrlWatch
@@ -131,6 +132,7 @@ class Aggregator:
         from fltac_secure.pki import context_for_site
 
         pin_plan(self.workspace, self.plan)
+        record_model_facts(self.workspace, self.plan)  # what `fltac audit` reads instead of loading the model
         state = self._load_or_init()
         t, certs = self.plan.timeouts, self.site.certs
         assert certs.crl is not None  # context_for_site refuses an aggregator site file without one

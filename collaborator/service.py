@@ -38,6 +38,7 @@ from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
+from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import pin_plan
 from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
 from fltac_secure.transport.client import TransportClient
@@ -102,6 +103,7 @@ class Collaborator:
     def setup(self) -> None:
         """Pin the plan, load data and model (tokenised once), open the DP ledger; ``run`` calls it."""
         pin_plan(Path(self.site.workspace), self.plan)
+        record_model_facts(Path(self.site.workspace), self.plan)  # read by `fltac audit` (no model load there)
         stale = self.ws.remove_stale_temps()
         if stale:
             self.log.warn(f"removed {stale} stale temp file(s) left in {self.ws.root / 'state'} by interrupted writes")

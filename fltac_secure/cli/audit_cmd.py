@@ -12,10 +12,9 @@ from rich.table import Table
 
 from fltac_secure.cli.common import console, print_json
 from fltac_secure.errors import ConfigError
-from fltac_secure.federation.audit import GROUPINGS, Totals, compare, group_totals, secure_overhead, total
-from fltac_secure.federation.ledger import LEDGER_NAME, LedgerReadResult, read_ledger
-from fltac_secure.federation.sizes import model_sizes
-from fltac_secure.plan import Plan, load_plan
+from fltac_secure.federation.audit import GROUPINGS
+from fltac_secure.federation.audit_report import AuditReport, audit_workspace
+from fltac_secure.plan import Plan
 
 
 def _parse_compare(spec: str) -> int:
@@ -42,54 +41,41 @@ def audit(
     From the workspace's ledger: messages, parameters (tensor elements), payload
     bytes and bytes on the wire; then what FedIT (one shared adapter at the
     --compare rank) and full fine-tuning would have moved for the same
-    (round, site) participations.
+    (round, site) participations.  Rounds are numbered as in the plan (from 0);
+    `final` is the hand-out of the final adapters after the last round and
+    `session` the connection upkeep (handshakes, JOIN, acknowledgements, keep-alives).
     """
-    if by not in GROUPINGS:
-        raise ConfigError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
     if json_out and csv_out:
         raise ConfigError("choose one of --json and --csv")
-    rank = _parse_compare(compare_to)
-    led, groups, cmp = _report(workspace, load_plan(plan_path or workspace / "plan.yaml"), by, rank)
+    report = audit_workspace(workspace, by, _parse_compare(compare_to), plan_path)
     if json_out:
-        print_json({"by": by, "groups": {k: v.as_dict() for k, v in groups.items()},
-                    "total": total(led.entries).as_dict(), "comparison": cmp, "skipped_lines": led.skipped})
-        return
-    if csv_out:
+        print_json(report.as_dict())
+    elif csv_out:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow([by, "messages", "elements", "payload_bytes", "wire_bytes"])
-        for k, v in groups.items():
+        w.writerow([by, *report.total.as_dict()])
+        for k, v in report.groups.items():
             w.writerow([k, *v.as_dict().values()])
-        w.writerow(["total", *total(led.entries).as_dict().values()])
+        w.writerow(["total", *report.total.as_dict().values()])
         typer.echo(buf.getvalue().rstrip())
-        return
-    _print_tables(by, led, groups, cmp)
-
-
-def _report(workspace: Path, plan: Plan, by: str, rank: int) -> tuple[LedgerReadResult, dict[str, Totals], dict]:
-    """The ledger, its totals grouped ``by``, and the FedIT/full comparison at ``rank``."""
-    led = read_ledger(workspace / LEDGER_NAME)
-    groups = group_totals(led.entries, by, plan.roster)
-    cmp = compare(led.entries, plan.roster, model_sizes(plan, rank)).as_dict()
-    secure = secure_overhead(led.entries, plan.roster)
-    if secure is not None:
-        cmp["secure_aggregation"] = secure
-    return led, groups, cmp
+    else:
+        _print_tables(report)
 
 
 def print_audit(workspace: Path, plan: Plan, by: str = "kind", rank: int = 8) -> None:
     """Print the audit tables of a workspace (used by `fltac audit` and `fltac demo`)."""
-    _print_tables(by, *_report(workspace, plan, by, rank))
+    _print_tables(audit_workspace(workspace, by, rank, plan=plan))
 
 
-def _print_tables(by, led, groups, cmp) -> None:  # type: ignore[no-untyped-def]
-    t = Table(title=f"Wire traffic by {by}")
-    for col in (by, "messages", "parameters", "payload bytes", "wire bytes"):
-        t.add_column(col, justify="right")
-    for k, v in groups.items():
+def _print_tables(report: AuditReport) -> None:
+    t = Table(title=f"Wire traffic by {report.by}")
+    for col in (report.by, *report.total.as_dict()):  # the CSV's and JSON's names, spaced
+        t.add_column(col.replace("_", " "), justify="right")
+    for k, v in report.groups.items():
         t.add_row(k, *(_fmt(x) for x in v.as_dict().values()))
-    t.add_row("total", *(_fmt(x) for x in total(led.entries).as_dict().values()), style="bold")
+    t.add_row("total", *(_fmt(x) for x in report.total.as_dict().values()), style="bold")
     console.print(t)
+    cmp = report.comparison
     c = Table(title=f"Parameters moved for the same {cmp['participations']} (round, site) participations")
     for col in ("method", "up", "down", "total", "vs FL-TAC"):
         c.add_column(col, justify="right")
@@ -99,7 +85,7 @@ def _print_tables(by, led, groups, cmp) -> None:  # type: ignore[no-untyped-def]
         ratio = row["total"] / actual if actual else None
         c.add_row(name, _fmt(row["up"]), _fmt(row["down"]), _fmt(row["total"]), "-" if ratio is None else f"{ratio:.2f}x")
     console.print(c)
-    secure = cmp.get("secure_aggregation")
+    secure = report.comparison.get("secure_aggregation")
     if secure:
         s = Table(title="Secure aggregation: bytes its own messages added (keys, sealed shares, signatures, "
                         "unmasking shares; the masked adapters are counted above)")
@@ -111,8 +97,8 @@ def _print_tables(by, led, groups, cmp) -> None:  # type: ignore[no-untyped-def]
         s.add_row("total", _fmt(secure["overhead_messages"]), _fmt(secure["overhead_payload_bytes"]),
                   _fmt(secure["overhead_wire_bytes"]), style="bold")
         console.print(s)
-    if led.skipped:
-        console.print(f"[yellow]{led.skipped} torn or malformed ledger line(s) skipped[/yellow]")
+    if report.ledger.skipped:
+        console.print(f"[yellow]{report.ledger.skipped} torn or malformed ledger line(s) skipped[/yellow]")
 
 
 def register(app: typer.Typer) -> None:

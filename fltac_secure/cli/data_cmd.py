@@ -8,8 +8,6 @@ import typer
 from rich.table import Table
 
 from fltac_secure.cli.common import console
-from fltac_secure.data.federated import build_federated_data
-from fltac_secure.data.layout import AGGREGATOR, PARTITION_FILE, SITE_FILE, write_federated_dir
 from fltac_secure.plan import DEMO_PLAN, load_plan
 
 data_app = typer.Typer(help="Prepare task data for the sites of a federation.", no_args_is_help=True)
@@ -40,6 +38,9 @@ def prepare_demo_cmd(
     ),
 ) -> None:
     """Write each site's demo data and site file (see PREPARE_HELP)."""
+    from fltac_secure.data.federated import build_federated_data
+    from fltac_secure.data.layout import AGGREGATOR, PARTITION_FILE, SITE_FILE, write_federated_dir
+
     p = load_plan(plan)
     s = p.partition.seed if seed is None else seed
     fed = build_federated_data(p, seed=s)

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from fltac_secure.cli.common import console, print_json
-from fltac_secure.privacy.ledger import ledger_path, load_ledger
 
 
 def _num(x: float | None, fmt: str = ".4g") -> str:
@@ -43,6 +42,8 @@ def report(
     json_out: bool = typer.Option(False, "--json", help="Print the ledger summary as JSON."),
 ) -> None:
     """Show the site's DP spending: epsilon per task per round, final epsilon and budget left."""
+    from fltac_secure.privacy.ledger import ledger_path, load_ledger  # Opacus: only for this command
+
     summary = load_ledger(workspace).summary()
     if json_out:
         print_json(summary)

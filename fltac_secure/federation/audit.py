@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from fltac_secure.federation.ledger import LedgerEntry
 
 GROUPINGS = ("round", "site", "kind", "direction")
-CONTROL_KINDS = frozenset({"HELLO", "WELCOME", "REJECT", "ACK", "PING", "PONG", "BYE"})
+CONTROL_KINDS = frozenset({"HELLO", "WELCOME", "REJECT", "ACK", "NACK", "PING", "PONG", "BYE"})
+"""Transport messages: they carry round 0 whatever round is in progress."""
+SESSION_KINDS = CONTROL_KINDS | {"JOIN"}
+"""Grouped by round as ``session``: connection upkeep, not part of any round."""
+FINAL_KINDS = frozenset({"FINAL", "DONE"})
+"""Grouped by round as ``final``: the hand-out after the last round (its header round is the plan's ``rounds``)."""
+SESSION, FINAL = "session", "final"
 MASKED_KIND = "SA_MASKED"
 
 
@@ -43,9 +49,10 @@ class Totals:
         self.wire_bytes += e.wire_bytes
 
     def as_dict(self) -> dict[str, int]:
+        """The totals under the names every audit output uses (table, CSV and JSON)."""
         return {
             "messages": self.messages,
-            "elements": self.elements,
+            "parameters": self.elements,
             "payload_bytes": self.payload_bytes,
             "wire_bytes": self.wire_bytes,
         }
@@ -56,6 +63,23 @@ def collaborator_of(entry: LedgerEntry, roster: Sequence[str]) -> str:
     return entry.peer if entry.peer in roster else entry.site
 
 
+def round_label(entry: LedgerEntry) -> str:
+    """The round a message belongs to, numbered as the plan's rounds (0 .. rounds - 1),
+    or ``final`` (the hand-out after the last round) or ``session`` (connection upkeep)."""
+    if entry.kind in SESSION_KINDS:
+        return SESSION
+    if entry.kind in FINAL_KINDS:
+        return FINAL
+    return str(entry.round)
+
+
+def _group_order(key: str) -> tuple[int, int, str]:
+    """Rounds in numeric order, then ``final``, then ``session``; other groups by name."""
+    if key.isdigit():
+        return (0, int(key), "")
+    return (1, {FINAL: 0, SESSION: 1}.get(key, -1), key)
+
+
 def group_totals(entries: Iterable[LedgerEntry], by: str, roster: Sequence[str]) -> dict[str, Totals]:
     """Totals per value of ``by`` (round, site, kind, direction), plus nothing else."""
     if by not in GROUPINGS:
@@ -63,12 +87,14 @@ def group_totals(entries: Iterable[LedgerEntry], by: str, roster: Sequence[str])
     out: dict[str, Totals] = defaultdict(Totals)
     for e in entries:
         key = {
-            "round": str(e.round),
+            "round": round_label(e),
             "site": collaborator_of(e, roster),
             "kind": e.kind,
             "direction": e.direction,
         }[by]
         out[key].add(e)
+    if by == "round":
+        return dict(sorted(out.items(), key=lambda kv: _group_order(kv[0])))
     return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
 
 
@@ -80,8 +106,9 @@ def total(entries: Iterable[LedgerEntry]) -> Totals:
 
 
 def participations(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> set[tuple[int, str]]:
-    """(round, collaborator) pairs that exchanged any non-control message."""
-    return {(e.round, collaborator_of(e, roster)) for e in entries if e.kind not in CONTROL_KINDS}
+    """(round, collaborator) pairs that took part in one of the plan's rounds (not counting
+    connection upkeep or the final hand-out)."""
+    return {(e.round, collaborator_of(e, roster)) for e in entries if round_label(e).isdigit()}
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def test_group_totals_by_each_dimension(tmp_path):
     by_dir = group_totals(entries, "direction", ROSTER)
     assert by_dir["sent"].elements == 4 * (2000 + 2)
     by_round = group_totals(entries, "round", ROSTER)
-    assert list(by_round) == ["0", "1"]
+    assert list(by_round) == ["0", "1", "session"]  # HELLO is connection upkeep, not round 0
     t = total(entries)
     assert t.elements == sum(g.elements for g in by_kind.values())
     assert t.wire_bytes == 20 * 150
@@ -101,3 +101,34 @@ def test_collaborator_side_ledger_counts_up_as_sent(tmp_path):
     entries = read_ledger(tmp_path).entries
     cmp = compare(entries, ROSTER, ModelSizes(1, 2, 3, 1))
     assert (cmp.actual_up, cmp.actual_down, cmp.participations) == (700, 500, 1)
+
+
+def test_round_numbers_match_the_plan(tmp_path):
+    """Two planned rounds show as 0 and 1: pings (header round 0) are not round 0, and the
+    final hand-out (header round 2, one past the last) is 'final', not a third round."""
+    path = aggregator_ledger(tmp_path)
+    led = Ledger(path, site="aggregator")
+    for site in ROSTER:
+        led.record(ev(site, "received", "JOIN", 0, 0))
+        led.record(ev(site, "received", "PING", 0, 0))
+        led.record(ev(site, "sent", "PONG", 0, 0))
+        led.record(ev(site, "sent", "FINAL", 2, 2 * 1000))
+        led.record(ev(site, "received", "DONE", 2, 0))
+    entries = read_ledger(path).entries
+    by_round = group_totals(entries, "round", ROSTER)
+    assert list(by_round) == ["0", "1", "final", "session"]
+    assert by_round["0"].messages == 2 * 4 and by_round["1"].messages == 2 * 4  # ROUND_START..UPDATE per site
+    assert by_round["final"].elements == 2 * 2000 and by_round["final"].messages == 4
+    assert by_round["session"].messages == 2 * 2 + 2 * 3  # the HELLOs, then JOIN, PING, PONG per site
+    assert participations(entries, ROSTER) == {(r, s) for r in (0, 1) for s in ROSTER}
+
+
+def test_rounds_sort_numerically():
+    entries = [read_entry(kind="UPDATE", rnd=r) for r in (10, 2, 0)]
+    assert list(group_totals(entries, "round", ROSTER)) == ["0", "2", "10"]
+
+
+def read_entry(kind, rnd):
+    from fltac_secure.federation.ledger import LedgerEntry
+
+    return LedgerEntry(1.0, "aggregator", "site1", "received", kind, rnd, "1", 1, 1, 1)
