@@ -11,7 +11,9 @@ from fltac_secure.errors import PKIError
 from fltac_secure.pki import (
     csr_fingerprint,
     describe_certificate,
+    describe_request,
     init_ca,
+    is_request,
     list_issued,
     make_request,
     refresh_crl,
@@ -132,15 +134,22 @@ def certs_request(
 
 @certs_app.command("show")
 def certs_show(
-    cert: Path = typer.Argument(..., help="A certificate (PEM or DER).", show_default=False),
+    cert: Path = typer.Argument(..., help="A certificate (PEM or DER), or this site's signing request (.csr).",
+                                show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Show a certificate's subject, role, SANs, validity and SHA-256 fingerprint."""
-    info = describe_certificate(cert)
+    """Show a certificate's subject, role, SANs, validity and SHA-256 fingerprint.
+
+    Given a signing request (.csr), show its name, role and the fingerprint to read out to the CA operator.
+    """
+    request = is_request(cert)
+    info = describe_request(cert) if request else describe_certificate(cert)
     if json_out:
         print_json(info)
         return
-    for k in ("subject", "issuer", "role", "sans", "serial", "not_before", "not_after", "fingerprint"):
+    keys = ("request_for", "role", "sans", "fingerprint") if request else (
+        "subject", "issuer", "role", "sans", "serial", "not_before", "not_after", "fingerprint")
+    for k in keys:
         v = ", ".join(info[k]) if k == "sans" else info[k]
         typer.echo(f"{k + ':':<13} {v if v not in (None, '') else '-'}")
 

@@ -8,7 +8,9 @@ certificates), ``inspect`` (describe and verify certificates), ``tls`` (SSLConte
 
 from fltac_secure.pki.ca import init_ca, list_issued, refresh_crl, revoke, sign_request
 from fltac_secure.pki.index import IssuedCert
-from fltac_secure.pki.inspect import cert_fingerprint, describe_certificate, role_of, verify_certificate
+from fltac_secure.pki.inspect import (
+    cert_fingerprint, describe_certificate, describe_request, is_request, role_of, verify_certificate,
+)  # fmt: skip
 from fltac_secure.pki.request import Role, csr_fingerprint, make_request, normalize_fingerprint
 from fltac_secure.pki.tls import client_context, context_for_site, peer_common_name, peer_role, server_context
 
@@ -20,7 +22,9 @@ __all__ = [
     "context_for_site",
     "csr_fingerprint",
     "describe_certificate",
+    "describe_request",
     "init_ca",
+    "is_request",
     "list_issued",
     "make_request",
     "normalize_fingerprint",

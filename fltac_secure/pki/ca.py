@@ -208,7 +208,7 @@ def sign_request(
 def _verified_request(csr_path: Path, fingerprint: str | None) -> CSRRequest:
     """Parse the CSR, check its signature, the out-of-band fingerprint and the CSR policy."""
     data = read_bytes(csr_path, "CSR")
-    actual = csr_fingerprint(data)
+    actual = csr_fingerprint(data, str(csr_path))
     if fingerprint is None:
         check_csr(data, str(csr_path))  # a request the CA would refuse anyway is reported first
         raise PKIError(
@@ -216,9 +216,12 @@ def _verified_request(csr_path: Path, fingerprint: str | None) -> CSRRequest:
             "compare it with the one the site read out, then pass it with --fingerprint"
         )
     if not hmac.compare_digest(normalize_fingerprint(fingerprint), actual):
+        # The CSR's own fingerprint is not printed: pasting it back would defeat the check.
         raise PKIError(
-            f"fingerprint mismatch for {csr_path}: the CSR's is {actual}, you gave {normalize_fingerprint(fingerprint)}; "
-            "the request may have been swapped in transit - do not sign it"
+            f"fingerprint mismatch for {csr_path}: this CSR is not the one whose fingerprint you were given "
+            "(swapped in transit, or a digit misheard) - do not sign it; ask the site's operator to read its "
+            "fingerprint to you again over another channel (phone, in person): `fltac certs show "
+            "<its .csr>` prints it at the site; if it still differs, have the site send its CSR again"
         )
     req = check_csr(data, str(csr_path))
     return req

@@ -89,15 +89,55 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+PEM_LABELS = {
+    b"CERTIFICATE REQUEST": "a certificate signing request (.csr)",
+    b"CERTIFICATE": "a certificate",
+    b"X509 CRL": "a certificate revocation list",
+    b"PRIVATE KEY": "a private key",
+    b"EC PRIVATE KEY": "a private key",
+    b"PUBLIC KEY": "a public key",
+}
+
+
+def pem_kind(data: bytes) -> str | None:
+    """What a PEM file says it holds ("a certificate", "a private key"...), or None if it is not PEM."""
+    head = data.lstrip()[:64]
+    if not head.startswith(b"-----BEGIN "):
+        return None
+    label = head[len(b"-----BEGIN "):].split(b"-----", 1)[0]
+    return PEM_LABELS.get(label, f"PEM {label.decode('ascii', 'replace')!r}")
+
+
+def not_a(path: Path, data: bytes, what: str, hint: str) -> PKIError:
+    """The one-line refusal of a file that does not hold ``what`` (no parser internals: they name
+    ASN.1 tags, not the problem); says what the file looks like instead, and ``hint``."""
+    kind = pem_kind(data)
+    if kind is None:
+        looks = "it is not PEM or DER" + (" (it looks like text)" if _is_text(data) else "")
+    elif kind.endswith(what):
+        looks = f"its {what} is damaged (truncated or edited)"
+    else:
+        looks = f"it holds {kind}"
+    return PKIError(f"{path} is not a valid {what}: {looks}; {hint}")
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
-    """Load a PEM (or DER) certificate, with a PKIError naming the file on failure."""
+    """Load a PEM (or DER) certificate, with a one-line PKIError naming the file on failure."""
     data = read_bytes(path, what)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise PKIError(f"{path} is not a valid X.509 {what}: {e}") from e
+    except ValueError:
+        raise not_a(path, data, what, "give the .crt file written by `fltac ca sign` (PEM or DER)") from None
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:

@@ -14,7 +14,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
 from fltac_secure.errors import PKIError
-from fltac_secure.pki.files import load_certificate, utc_now
+from fltac_secure.pki.files import load_certificate, pem_kind, read_bytes, utc_now
 from fltac_secure.pki.request import ROLE_EKU, Role
 
 
@@ -71,6 +71,24 @@ def describe_certificate(cert_path: Path) -> dict[str, Any]:
         "not_after": cert.not_valid_after_utc.isoformat(),
         "fingerprint": cert_fingerprint(cert),
     }
+
+
+def is_request(path: Path) -> bool:
+    """True when ``path`` is a PEM certificate signing request (what `fltac certs show` tells apart)."""
+    return pem_kind(read_bytes(Path(path), "file")) == "a certificate signing request (.csr)"
+
+
+def describe_request(csr_path: Path) -> dict[str, Any]:
+    """Name, requested role and SANs, and the fingerprint the site reads out to the CA operator.
+
+    The request is vetted as the CA would vet it (``check_csr``), so what is shown is what would be signed.
+    """
+    from fltac_secure.pki.policy import check_csr
+
+    data = read_bytes(Path(csr_path), "CSR")
+    req = check_csr(data, str(csr_path))
+    return {"path": str(csr_path), "request_for": req.name, "role": req.role, "sans": [str(g.value) for g in req.sans],
+            "fingerprint": req.fingerprint}
 
 
 def verify_certificate(

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fltac_secure.errors import PKIError
-from fltac_secure.pki.files import atomic_write, read_bytes, write_private_key
+from fltac_secure.pki.files import atomic_write, not_a, read_bytes, write_private_key
 from fltac_secure.plan.schema import NAME_RE
 
 Role = Literal["aggregator", "collaborator"]
@@ -101,13 +101,14 @@ def load_csr(data: bytes, source: str = "CSR") -> x509.CertificateSigningRequest
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_csr(data)
         return x509.load_der_x509_csr(data)
-    except ValueError as e:
-        raise PKIError(f"{source} is not a valid certificate signing request: {e}") from e
+    except ValueError:
+        raise not_a(Path(source), data, "certificate signing request",
+                    "give the .csr file written by `fltac certs request` (PEM or DER)") from None
 
 
-def csr_fingerprint(csr: bytes) -> str:
+def csr_fingerprint(csr: bytes, source: str = "CSR") -> str:
     """SHA-256 of the CSR's DER encoding, lowercase hex (accepts PEM or DER input)."""
-    der = load_csr(csr).public_bytes(serialization.Encoding.DER)
+    der = load_csr(csr, source).public_bytes(serialization.Encoding.DER)
     return hashlib.sha256(der).hexdigest()
 
 

@@ -49,6 +49,22 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return lines
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: where the parser stopped (line and column, from 1) and why, e.g.
+    ``line 3, column 1: expected ',' or ']', but got '<block mapping start>' (in the list opened at line 2, column 9)``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    out = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, where = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and where is not None and (where.line, where.column) != (mark.line, mark.column):
+        out += f" ({context} at line {where.line + 1}, column {where.column + 1})"
+    if "'\\t'" in problem:
+        out += "; YAML indents with spaces, not tabs"
+    return out
+
+
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -59,7 +75,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} file {path} is not valid YAML: {e}".splitlines()[0]) from None
+        raise ConfigError(f"{what} file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} file {path} must be a YAML mapping of keys to values")
     return data

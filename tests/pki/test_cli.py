@@ -27,7 +27,7 @@ def fltac(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, s
 
 
 def fingerprint_of(out: str) -> str:
-    m = re.search(r"fingerprint: ([0-9a-f]{64})", out)
+    m = re.search(r"fingerprint:\s+([0-9a-f]{64})", out)
     assert m, out
     return m.group(1)
 
@@ -77,7 +77,8 @@ def test_whole_flow_from_the_cli(capsys: pytest.CaptureFixture[str], tmp_path: P
         (["certs", "request", "--role", "admin", "--name", "x", "--out", "{tmp}/x"], "invalid --role"),
         (["certs", "request", "--role", "collaborator", "--name", "c1", "--out", "{tmp}/c1"], "refusing to overwrite"),
         (["certs", "request", "--role", "collaborator", "--name", "x y", "--out", "{tmp}/x"], "invalid name"),
-        (["certs", "show", "{tmp}/c1/c1.csr"], "not a valid X.509"),
+        (["certs", "show", "{ca}/index.json"], "is not a valid certificate: it is not PEM or DER (it looks like text)"),
+        (["certs", "show", "{tmp}/c1/c1.key"], "is not a valid certificate: it holds a private key"),
     ],
 )
 def test_errors_exit_2_with_one_line(
@@ -89,6 +90,24 @@ def test_errors_exit_2_with_one_line(
     code, _, err = fltac(capsys, *[a.format(ca=ca, tmp=tmp_path) for a in args])
     assert code == 2, err
     assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "ParseError" not in err and "asn1" not in err.lower()  # no parser internals
+
+
+def test_fingerprint_mismatch_does_not_print_the_csrs_fingerprint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Printing it would invite pasting it back, which defeats the out-of-band check."""
+    ca = tmp_path / "ca"
+    fltac(capsys, "ca", "init", "--dir", ca)
+    _, out, _ = fltac(capsys, "certs", "request", "--role", "collaborator", "--name", "c1", "--out", tmp_path / "c1")
+    fp = fingerprint_of(out)
+    wrong = ("0" if fp[0] != "0" else "1") + fp[1:]
+    code, out, err = fltac(capsys, "ca", "sign", tmp_path / "c1" / "c1.csr", "--ca-dir", ca, "--fingerprint", wrong)
+    assert code == 2 and "fingerprint mismatch" in err and "do not sign it" in err
+    assert fp not in out + err and "fltac certs show" in err
+    # what the message tells the site to run prints the same fingerprint the request printed
+    code, out, _ = fltac(capsys, "certs", "show", tmp_path / "c1" / "c1.csr")
+    assert code == 0 and fingerprint_of(out) == fp and "request_for:" in out and "collaborator" in out
 
 
 def test_duplicate_name_and_renew(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -159,6 +159,25 @@ def test_secure_aggregation_precision_defaults_to_the_most_the_roster_allows(tmp
     assert plan_hash(load_plan(write(tmp_path, explicit))) == plan_hash(plan)
 
 
+@pytest.mark.parametrize(("text", "where", "what"), [
+    ("federation: x\nrounds: [1, 2\nroster: a\n", "line 3, column 7", "expected ',' or ']'"),
+    ("federation: x\n  rounds: 2\n", "line 2, column 9", "mapping values are not allowed here"),
+    ("federation: x\ntasks:\n\t- a\n", "line 3, column 1", "spaces, not tabs"),
+    ('federation: "x\n', "line 2, column 1", "while scanning a quoted scalar at line 1, column 13"),
+])
+def test_yaml_syntax_error_names_line_and_column(tmp_path, text, where, what):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_plan(bad)
+    msg = str(exc.value)
+    assert where in msg and what in msg and len(msg.splitlines()) == 1, msg
+    site = tmp_path / "site.yaml"
+    site.write_text(text)
+    with pytest.raises(ConfigError, match=f"site file {site} is not valid YAML: {where}"):
+        load_site(site)
+
+
 def test_dp_without_noise_or_epsilon_is_refused(tmp_path):
     data = mutate("privacy.dp", True)
     with pytest.raises(ConfigError, match="noise_multiplier"):
