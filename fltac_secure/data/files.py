@@ -1,14 +1,17 @@
 """Task data from ordinary files (CSV or JSONL) and atomic writes of such files.
 
 Files carry label *names* (self-describing); they are mapped to ids through
-the plan task's ``labels``. Reading goes through ``datasets`` offline; every
-problem is a DataError naming the file, the column or value, and the fix.
+the plan task's ``labels``. CSV and JSON files are read with ``datasets``
+offline; JSON Lines with the standard ``json`` module one line at a time, so a
+broken line is reported once, by its line number.  Every problem is a
+DataError naming the file, the line, column or value, and the fix.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,8 +45,13 @@ def _read_columns(path: Path) -> dict[str, list[Any]]:
         raise DataError(f"data file {path} does not exist; check the path in the site file")
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty; it needs a header (CSV) and at least one example")
+    _check_utf8(path)
+    if suffix == ".jsonl":
+        return _read_json_lines(path)
     was_disabled = datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs the parser error we report ourselves
     try:
         if builder == "csv":
             with path.open(encoding="utf-8-sig", newline="") as f:
@@ -64,8 +72,44 @@ def _read_columns(path: Path) -> dict[str, list[Any]]:
             raise DataError(f"data file {path} has no examples; it needs at least one row") from None
         raise DataError(f"cannot read data file {path} as {builder.upper()}: {cause}".splitlines()[0]) from None
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not was_disabled:
             datasets.enable_progress_bars()
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8, naming the first bad line (a legacy encoding such as Latin-1)."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"data file {path}, line {number}: not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+                ) from None
+
+
+def _read_json_lines(path: Path) -> dict[str, list[Any]]:
+    """Columns of a JSON Lines file: one object per line, blank lines skipped, missing keys as None."""
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"data file {path}, line {number}, column {e.pos + 1}: not valid JSON ({e.msg}); "
+                                "each line must be one JSON object, e.g. {\"text\": \"...\", \"label\": \"...\"}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"data file {path}, line {number}: a JSON {type(row).__name__}, not an object; "
+                                "each line must be one JSON object, e.g. {\"text\": \"...\", \"label\": \"...\"}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"data file {path} has no examples; it needs at least one line")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
 def _label_id(value: Any, index: dict[str, int]) -> int | None:
@@ -103,7 +147,7 @@ def load_task_file(path: Path, task: Task, text_column: str = "text", label_colu
     if bad:
         uniq = list(dict.fromkeys(repr(b) for b in bad))
         raise DataError(
-            f"data file {path}: {len(bad)} example(s) have a label not in task {task.name!r}'s labels "
+            f"data file {path}: {len(bad)} example(s) have a label not among the labels of task {task.name!r} "
             f"{task.labels} (e.g. {', '.join(uniq[:5])}); fix the file or the plan's task labels"
         )
     return TaskDataset(task.name, list(texts), np.asarray(ids, dtype=np.int64))

@@ -59,15 +59,23 @@ def _write(tmp_path: Path, name: str, content: str) -> Path:
         ("d.csv", "text,label\n", {}, ["no examples"]),
         ("d.jsonl", '{"text": "ok", "label": "ham"}\n{"text": 42, "label": "spam"}\n', {}, ["example 2", "non-empty string", "42"]),
         ("d.jsonl", '{"text": "ok", "label": "ham"}\n{"text": "  ", "label": "spam"}\n', {}, ["example 2", "non-empty string"]),
-        ("d.jsonl", '{"text": "ok", "label": true}\n', {}, ["not in task 'spam'", "True"]),
+        ("d.jsonl", '{"text": "ok", "label": true}\n', {}, ["not among the labels of task 'spam'", "True"]),
         ("d.txt", "hi\n", {}, ["suffix '.txt'", ".csv, .jsonl or .json"]),
-        ("d.jsonl", '{"text": "ok", "label": "ham"\n', {}, ["cannot read data file", "JSON"]),
+        ("d.jsonl", '{"text": "a", "label": "ham"}\n\n{"text": "ok", "label": "ham"\n', {},
+         ["line 3, column 30", "not valid JSON", "delimiter"]),
+        ("d.jsonl", '{"text": "a", "label": "ham"}\n["b", "ham"]\n', {}, ["line 2", "a JSON list, not an object"]),
+        ("d.json", '[{"text": "ok", "label": "ham"}', {}, ["cannot read data file", "JSON"]),
+        ("d.csv", b"text,label\nok,ham\ncaf\xe9,spam\n", {}, ["line 3", "not UTF-8", "0xe9", "save the file as UTF-8"]),
     ],
 )
-def test_bad_files_give_one_clear_data_error(tmp_path: Path, name, content, kwargs, fragments) -> None:
-    path = _write(tmp_path, name, content)
+def test_bad_files_give_one_clear_data_error(tmp_path: Path, capfd: pytest.CaptureFixture[str], name, content,
+                                             kwargs, fragments) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    capfd.readouterr()
     with pytest.raises(DataError) as e:
         load_task_file(path, TASK, **kwargs)
+    assert capfd.readouterr().err == ""  # reported once, by the error: no library logging the same problem
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg
     for f in fragments:
