@@ -27,6 +27,16 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _options(
+    debug: bool = typer.Option(  # noqa: ARG001 - read by main() from anywhere on the line, before parsing
+        False, "--debug", help="On an error, show the full traceback instead of one line (allowed anywhere on "
+        "the command line; or set FLTAC_DEBUG=1).",
+    ),
+) -> None:
+    """Options that apply to every command (see ``main`` for where they take effect)."""
+
+
 def _register_all() -> None:
     from fltac_secure.cli import (  # noqa: PLC0415 - registration order is the help order
         audit_cmd,
