@@ -131,9 +131,6 @@ class Aggregator:
         """Serve every remaining round, then hand out the final adapters; returns the final state."""
         from fltac_secure.pki import context_for_site
 
-        pin_plan(self.workspace, self.plan)
-        record_model_facts(self.workspace, self.plan)  # what `fltac audit` reads instead of loading the model
-        state = self._load_or_init()
         t, certs = self.plan.timeouts, self.site.certs
         assert certs.crl is not None  # context_for_site refuses an aggregator site file without one
         crl_watch = CrlWatch(certs.crl, certs.ca, lambda: context_for_site(self.site))
@@ -144,13 +141,16 @@ class Aggregator:
             handshake_timeout=t.handshake_s, idle_timeout=t.idle_s, session_lifetime=t.rehandshake_s,
             ledger_hook=Ledger(self.workspace / LEDGER_NAME, self.site.name), crl_watch=crl_watch,
             plan_sections=section_hashes(self.plan),
-        ).start()  # fmt: skip
+        ).start()  # fmt: skip  # bind first: an address in use fails at once, before anything is written
         self.endpoint = self.server.endpoint
-        self.log.info(f"listening on {self.endpoint} for federation {self.plan.federation!r} "
-                      f"(plan {self.hash[:12]}, {len(self.plan.roster)} sites, rounds {state.round}/{self.plan.rounds}); "
-                      f"CRL {certs.crl} is re-read when it changes or on SIGHUP")
         restore = _on_sighup(self.server.reload_crl)
         try:
+            pin_plan(self.workspace, self.plan)
+            record_model_facts(self.workspace, self.plan)  # what `fltac audit` reads instead of loading the model
+            state = self._load_or_init()
+            self.log.info(f"listening on {self.endpoint} for federation {self.plan.federation!r} "
+                          f"(plan {self.hash[:12]}, {len(self.plan.roster)} sites, rounds {state.round}/{self.plan.rounds}); "
+                          f"CRL {certs.crl} is re-read when it changes or on SIGHUP")
             state = self._serve(state)
         finally:
             restore()

@@ -35,22 +35,39 @@ class Stopped(FltacError):
     """The operator stopped a role (Ctrl-C or SIGTERM); exit code 128 + the signal, as shells expect."""
 
 
+class _Saved:
+    """What a stopped role tells the operator is safe on disk; updated as the role gets going."""
+
+    def __init__(self) -> None:
+        self.what = "it had not started yet: nothing was written"
+
+
 @contextmanager
-def _stoppable(saved: str) -> Iterator[None]:
+def _stoppable(resume: str) -> Iterator[_Saved]:
     """Turn SIGTERM (like Ctrl-C) into an orderly stop: the role unwinds (closing its connection),
-    and the CLI says what is saved and how to resume, instead of vanishing silently."""
+    and the CLI says what is saved and the command that resumes, instead of vanishing silently.
+
+    Wraps the whole command, imports and set-up included, so a Ctrl-C at any moment gets the message.
+    """
     def on_term(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    saved = _Saved()
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield
+        yield saved
     except KeyboardInterrupt as exc:
         name = str(exc) or "SIGINT"
         code = 128 + int(getattr(signal, name, signal.SIGINT))
-        raise Stopped(f"stopped by {name}; {saved}; run the same command to resume", exit_code=code) from None
+        how = "Ctrl-C" if name == "SIGINT" else name
+        raise Stopped(f"stopped by {how}; {saved.what}; to resume, run the same command: {resume}",
+                      exit_code=code) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _resume(role: str, plan_path: Path, site_path: Path) -> str:
+    return f"fltac {role} start --plan {plan_path} --site {site_path}"
 
 
 def _load(plan_path: Path, site_path: Path, role: str):  # type: ignore[no-untyped-def]
@@ -70,11 +87,13 @@ def aggregator_start(
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: torch's choice)."),
 ) -> None:
     """Bind, wait for the sites, run every round, write the global adapters. Resumes an existing workspace."""
-    _threads(threads)
-    from aggregator.service import Aggregator
+    with _stoppable(_resume("aggregator", plan_path, site_path)) as saved:
+        _threads(threads)
+        from aggregator.service import Aggregator
 
-    plan, site = _load(plan_path, site_path, "aggregator")
-    with _stoppable(f"the last completed round is checkpointed in {site.workspace / 'state'}"):
+        plan, site = _load(plan_path, site_path, "aggregator")
+        saved.what = (f"every completed round is checkpointed in {site.workspace / 'state'} "
+                      "(a round in progress runs again, with the same seeds)")
         state = Aggregator(plan, site).run()
     console.print(f"federation {plan.federation!r} finished {state.round} round(s); outputs in {site.workspace / 'out'}")
 
@@ -86,11 +105,13 @@ def collaborator_start(
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: torch's choice)."),
 ) -> None:
     """Connect to the aggregator and serve its rounds for this site's tasks until the federation ends."""
-    _threads(threads)
-    from collaborator.service import Collaborator
+    with _stoppable(_resume("collaborator", plan_path, site_path)) as saved:
+        _threads(threads)
+        from collaborator.service import Collaborator
 
-    plan, site = _load(plan_path, site_path, "collaborator")
-    with _stoppable(f"this site's privacy ledger and cached round results are in {site.workspace / 'state'}"):
+        plan, site = _load(plan_path, site_path, "collaborator")
+        saved.what = (f"this site's privacy ledger and its answered rounds are saved in {site.workspace / 'state'} "
+                      "(a round interrupted in training is trained again)")
         Collaborator(plan, site).run()
 
 

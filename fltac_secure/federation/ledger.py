@@ -46,7 +46,7 @@ class Ledger:
         self.path = Path(path)
         self.site = site
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._folder_made = False  # made on the first line: a role that fails to start leaves nothing behind
 
     def record(self, event: Any) -> None:
         """Append a WireEvent (or any object with the ledger's fields)."""
@@ -63,6 +63,9 @@ class Ledger:
     def _append(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode()
         with self._lock:
+            if not self._folder_made:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._folder_made = True
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)

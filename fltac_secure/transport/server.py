@@ -54,7 +54,7 @@ from fltac_secure.transport.guard import EventGate, PendingTable
 from fltac_secure.transport.server_sessions import PARKED_MESSAGES, PeerBook, ServerSessions
 from fltac_secure.transport.delivery import Delivery, Intake, Mailroom
 from fltac_secure.transport.session import Link
-from fltac_secure.transport.sockets import LARGE_FRAME_BYTES, configure_socket, yield_cpu
+from fltac_secure.transport.sockets import LARGE_FRAME_BYTES, bind_refusal, configure_socket, yield_cpu
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class TransportServer(ServerSessions):
             self._sock.bind(self.bind)
         except zmq.ZMQError as exc:
             self._sock.close(0)
-            raise TransportError(f"cannot bind {self.bind}: {exc}; pick a free address", "bind") from exc
+            raise TransportError(bind_refusal(self.bind, exc), "bind") from exc
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._start_thread()
         return self

@@ -41,3 +41,15 @@ def yield_cpu() -> None:
     1 MiB; it returns at once when nothing else is runnable on this CPU.
     """
     _sched_yield()
+
+
+def bind_refusal(endpoint: str, exc: zmq.ZMQError) -> str:
+    """One line for an endpoint the server cannot bind: why, and what to change."""
+    if exc.errno == zmq.EADDRINUSE:
+        return (f"cannot bind {endpoint}: the address is in use (another aggregator, or another program, "
+                "is listening there); stop it, or set `bind` in the aggregator's site file to a free port "
+                "and `aggregator` in every site's file to match")
+    if exc.errno == zmq.EADDRNOTAVAIL:
+        return (f"cannot bind {endpoint}: no network interface of this machine has that address; "
+                "bind one of its own addresses (or 0.0.0.0 for all)")
+    return f"cannot bind {endpoint}: {exc.strerror}; check `bind` in the aggregator's site file"
