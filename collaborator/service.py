@@ -18,8 +18,10 @@ Network breaks and aggregator restarts: the transport's session layer
 reconnects and resends; when it gives up the site opens a new session, and
 while nothing arrives it repeats JOIN every ``rejoin_s`` so a restarted
 aggregator learns about it (and re-sends a request the site never got).
-It gives up once sessions have failed for ``patience_s`` since the last one
-that connected.  A refusal (certificate, roster, plan) is final and raised
+Every failed attempt is logged with the endpoint and the backoff, so a site
+started before its aggregator says so instead of waiting silently.  It gives
+up once it has had no session for ``timeouts.connect_s`` (at start, or since
+the last session that connected), with a message saying what to do.  A refusal (certificate, roster, plan) is final and raised
 as is.  A site whose workspace says it finished returns at once, connecting
 to nobody.
 """
@@ -41,7 +43,7 @@ from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import pin_plan
 from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
-from fltac_secure.transport.client import TransportClient
+from fltac_secure.transport.client import Retry, TransportClient
 from fltac_secure.transport.envelope import Message
 
 if TYPE_CHECKING:
@@ -76,7 +78,7 @@ class Collaborator:
         self.ws = SiteWorkspace(plan, site, self.hash)
         self.shapes = fm.plan_shapes(plan, adapter_layout(plan).size)
         self.rejoin_s, self.stall_timeout = rejoin_s, stall_timeout
-        self.patience_s = patience_s if patience_s is not None else 2 * plan.timeouts.round_s + 60
+        self.patience_s = patience_s if patience_s is not None else plan.timeouts.connect
         self.faults = faults or Faults()
         self.last: tuple[int, str] = (-1, "")  # last aggregator request handled by this process
         self.cache: RoundCache | None = None
@@ -85,6 +87,8 @@ class Collaborator:
         self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
         self.down_since: float | None = None  # first failure since the last session connected (patience counts from it)
         self.secure: SecureSide | None = None
+        self.ever_connected = False  # a session got WELCOME at least once in this process
+        self.client_heard = False  # anything ever answered at the endpoint (from each client's ``heard``)
 
     # -- lifecycle ---------------------------------------------------------------
     def client_for(self) -> TransportClient:
@@ -97,8 +101,21 @@ class Collaborator:
             max_message_bytes=fm.message_limit(self.plan.limits.max_message_mb, self.shapes, len(self.plan.tasks)),
             handshake_timeout=self.plan.timeouts.handshake_s, stall_timeout=self.stall_timeout,
             ledger_hook=Ledger(Path(self.site.workspace) / LEDGER_NAME, self.site.name),
-            hello_meta={"plan_sections": hello_sections(self.plan)},
+            hello_meta={"plan_sections": hello_sections(self.plan)}, on_retry=self._retrying,
         )  # fmt: skip
+
+    def _left(self) -> float:
+        """Seconds left before giving up (``timeouts.connect_s`` from the first failure without a session)."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        return self.patience_s - (time.monotonic() - self.down_since)
+
+    def _retrying(self, r: Retry) -> None:
+        """Each failed attempt, from the transport's I/O thread: say where, why, and when the next one is."""
+        left = max(0.0, self._left())
+        what = f"lost the aggregator at {r.endpoint}" if r.heard else f"no aggregator at {r.endpoint} yet"
+        self.log.warn(f"{what} ({r.why}); next attempt in {r.delay:.1f} s; giving up in {left:.0f} s "
+                      "(timeouts.connect_s)")
 
     def setup(self) -> None:
         """Pin the plan, load data and model (tokenised once), open the DP ledger; ``run`` calls it."""
@@ -129,28 +146,43 @@ class Collaborator:
             return {}
         if self.ws.model is None:
             self.setup()
+        self.down_since = time.monotonic()  # no session yet: the limit counts from now
         while not self.finished:
             try:
                 self._session()
             except TransportError as exc:
                 if exc.reason not in RETRYABLE:
                     raise
-                self.down_since = self.down_since if self.down_since is not None else time.monotonic()
-                if time.monotonic() - self.down_since > self.patience_s:
-                    raise TransportError(f"the aggregator at {self.site.aggregator} has been unreachable for "
-                                         f"{self.patience_s:g} s ({exc}); giving up", exc.reason) from exc
-                self.log.warn(f"connection lost ({exc.reason}); reconnecting")
+                if self._left() <= 0:
+                    raise self._gave_up(exc) from exc
+                if self.ever_connected:
+                    self.log.warn(f"connection lost ({exc.reason}); reconnecting")
                 time.sleep(1.0)
         self.ws.plot()
         return self.final_metrics
 
     final_metrics: dict[str, Any] = {}
 
+    def _gave_up(self, exc: TransportError) -> TransportError:
+        where = self.site.aggregator
+        if not self.ever_connected and not self.client_heard:
+            return TransportError(
+                f"no aggregator at {where}: nothing answered for {self.patience_s:g} s (timeouts.connect_s); start "
+                "the aggregator first (`fltac aggregator start`), or check `aggregator` in this site's file, "
+                "then run the same command", "unreachable")
+        return TransportError(f"the aggregator at {where} has been unreachable for {self.patience_s:g} s "
+                              f"(timeouts.connect_s; last: {exc}); giving up - run the same command to resume",
+                              exc.reason)
+
     def _session(self) -> None:
         client = self.client = self.client_for()
         try:
-            client.connect()
+            try:
+                client.connect(timeout=max(0.1, self._left()))
+            finally:
+                self.client_heard = self.client_heard or client.heard
             self.down_since = None
+            self.ever_connected = True
             self.log.good(f"connected to {self.site.aggregator}; joining")
             self._join()
             if self.last[1] == fm.FINAL:  # handled FINAL, but its DONE went down with the last session

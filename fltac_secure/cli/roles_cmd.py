@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from fltac_secure.cli.common import console
-from fltac_secure.errors import ConfigError, FltacError, TransportError
+from fltac_secure.errors import ConfigError, FltacError
 
 aggregator_app = typer.Typer(help="Run the aggregator of a federation.", no_args_is_help=True)
 collaborator_app = typer.Typer(help="Run or check a collaborator site.", no_args_is_help=True)
@@ -121,22 +121,11 @@ def collaborator_ping(
     site_path: Path = typer.Option(..., "--site", help=SITE_HELP),
     timeout: float = typer.Option(15.0, "--timeout", help="Seconds to wait for the aggregator's answer."),
 ) -> None:
-    """Connect and handshake only: print OK, or the exact reason the aggregator refused (exit 1)."""
-    from fltac_secure.pki import context_for_site
-    from fltac_secure.plan import hello_sections, plan_hash
-    from fltac_secure.transport.client import TransportClient
+    """Connect and handshake only: print OK, the exact reason the aggregator refused, or that none answers (exit 1)."""
+    from collaborator.ping import ping
 
     plan, site = _load(plan_path, site_path, "collaborator")
-    client = TransportClient(site.aggregator or "", context_for_site(site), site.name, plan.federation,
-                             plan_hash(plan), server_hostname=site.server_name,
-                             handshake_timeout=plan.timeouts.handshake_s, max_attempts=3,
-                             hello_meta={"plan_sections": hello_sections(plan)})
-    try:
-        client.connect(timeout=timeout)
-    except TransportError as exc:
-        raise TransportError(f"refused or unreachable ({exc.reason}): {exc}", exc.reason) from None
-    finally:
-        client.close()
+    ping(plan, site, timeout)
     console.print(f"OK: {site.name} is authenticated and authorised by the aggregator at {site.aggregator}")
 
 

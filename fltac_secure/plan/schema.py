@@ -179,10 +179,22 @@ class Timeouts(Strict):
         "a site that misses the window catches up from the round in progress when it joins.",
     )  # fmt: skip
 
+    connect_s: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600,
+        description="Seconds a collaborator keeps trying to reach the aggregator (at start, or after losing it) "
+        "before it stops with a message; every retry is logged with the endpoint and the backoff. Default (null): "
+        "2 x round_s + 60, room for the aggregator to be restarted in the middle of a round. At least handshake_s.",
+    )  # fmt: skip
+
     @model_validator(mode="after")
     def _default_join(self) -> "Timeouts":
         if self.join_s is None:  # resolved here, so the plan hash sees the value in force
             object.__setattr__(self, "join_s", max(60.0, 3 * self.handshake_s))
+        if self.connect_s is None:
+            object.__setattr__(self, "connect_s", 2 * self.round_s + 60)
+        if self.connect_s < self.handshake_s:  # type: ignore[operator]
+            raise ValueError(f"connect_s = {self.connect_s:g} is shorter than handshake_s = {self.handshake_s:g}: "
+                             "a site could not finish one handshake; make connect_s at least handshake_s")
         return self
 
     @property
@@ -190,6 +202,12 @@ class Timeouts(Strict):
         """``join_s`` as a number (always set after validation)."""
         assert self.join_s is not None
         return self.join_s
+
+    @property
+    def connect(self) -> float:
+        """``connect_s`` as a number (always set after validation)."""
+        assert self.connect_s is not None
+        return self.connect_s
 
 
 class Limits(Strict):

@@ -26,6 +26,8 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import zmq
 
@@ -46,6 +48,18 @@ log = logging.getLogger(__name__)
 
 WINDOW = 8
 """Messages sent but not yet acknowledged; the rest wait in the outbox."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What ``on_retry`` hears each time a session attempt failed and another is scheduled."""
+
+    endpoint: str
+    attempt: int  # the attempt that failed (from 1)
+    max_attempts: int
+    delay: float  # seconds until the next attempt (the backoff)
+    why: str
+    heard: bool  # whether anything has ever answered at the endpoint (False: no aggregator there so far)
 
 
 class TransportClient(ClientSessions):
@@ -71,6 +85,7 @@ class TransportClient(ClientSessions):
         chunk_bytes: int = CHUNK_BYTES,
         ledger_hook: LedgerHook | None = None,
         hello_meta: dict | None = None,
+        on_retry: Callable[[Retry], None] | None = None,
     ) -> None:
         if max_attempts < 1 or backoff_base <= 0 or backoff_max < backoff_base:
             raise ConfigError("need max_attempts >= 1 and 0 < backoff_base <= backoff_max")
@@ -99,6 +114,9 @@ class TransportClient(ClientSessions):
         self._fatal: TransportError | None = None
         self.server_limits: dict = {}
         self._hello_meta = {**(hello_meta or {}), "name": name}
+        self._on_retry = on_retry
+        self.heard = False  # any frame ever came back from the endpoint
+        self._heard_now = False  # ... during the current attempt
 
     # -- public API ----------------------------------------------------------
     def connect(self, timeout: float | None = None) -> TransportClient:
@@ -215,18 +233,24 @@ class TransportClient(ClientSessions):
         channel.handshake()
         self._link.queue_raw(channel.outgoing())
         self._state = "handshake"
+        self._heard_now = False
 
     def _retry(self, why: str) -> None:
         """Drop the session and schedule a fresh one, or give up after max_attempts."""
         base, cap, attempts = self._backoff
         self._close_socket()
         if self._attempts >= attempts:
-            self._fail(TransportError(
-                f"cannot reach the aggregator at {self.endpoint} after {attempts} attempts ({why})", "unreachable"))
+            what = "cannot reach the aggregator at" if self.heard else "no aggregator at"
+            self._fail(TransportError(f"{what} {self.endpoint} after {attempts} attempts ({why})", "unreachable"))
             return
         log.info("reconnecting to %s: %s", self.endpoint, why)
         delay = min(cap, base * 2 ** (self._attempts - 1)) * (1 + 0.25 * random.random())
         self._state, self._next_attempt = "backoff", time.monotonic() + delay
+        if self._on_retry is not None:
+            try:
+                self._on_retry(Retry(self.endpoint, self._attempts, attempts, delay, why, self.heard))
+            except Exception:  # noqa: BLE001 - a reporting hook must not end the session loop
+                log.exception("on_retry hook failed")
 
     def _fail(self, error: TransportError) -> None:
         """A final failure: every waiter gets the error, the loop stops."""
@@ -273,7 +297,8 @@ class TransportClient(ClientSessions):
     def _timers(self, now: float, link: Link) -> None:
         if self._state in ("handshake", "hello"):
             if now - link.created > self.handshake_timeout:
-                self._retry(f"no WELCOME within {self.handshake_timeout:g} s")
+                self._retry(f"no WELCOME within {self.handshake_timeout:g} s" if self._heard_now else
+                            f"nothing answered within {self.handshake_timeout:g} s")
         elif self._state == "ready":
             if now - link.last_rx > self.stall_timeout:
                 self._retry(f"no traffic from the aggregator for {self.stall_timeout:g} s")
@@ -298,6 +323,7 @@ class TransportClient(ClientSessions):
 
     def _on_frame(self, link: Link, data: memoryview) -> None:
         link.last_rx = time.monotonic()
+        self.heard = self._heard_now = True
         established = self._state == "ready"
         try:
             link.channel.feed(data)

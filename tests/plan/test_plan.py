@@ -73,6 +73,9 @@ INVALID = [
     ("secure_aggregation.clip", 0, "secure_aggregation.clip"),
     ("secure_aggregation.ring_bits", 16, "secure_aggregation.ring_bits"),
     ("secure_aggregation.fractional_bits", 29, "fractional_bits <= 25"),
+    ("timeouts.connect_s", 0, "timeouts.connect_s"),
+    ("timeouts.connect_s", 1.0e9, "timeouts.connect_s"),
+    ("timeouts.connect_s", 1, "make connect_s at least handshake_s"),
 ]
 
 
@@ -212,6 +215,19 @@ def test_join_window_defaults_to_the_larger_of_60_s_and_three_handshakes(tmp_pat
     data["timeouts"]["join_s"] = 90  # the derived value, written out: the same plan
     assert plan_hash(load_plan(write(tmp_path, data))) == default
     data["timeouts"]["join_s"] = 91
+    assert plan_hash(load_plan(write(tmp_path, data))) != default
+
+
+def test_connect_limit_defaults_to_two_rounds_and_a_minute_and_is_hashed(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["timeouts"].pop("connect_s", None)
+    data["timeouts"]["round_s"] = 100
+    plan = load_plan(write(tmp_path, data))
+    assert plan.timeouts.connect_s == plan.timeouts.connect == 260.0
+    default = plan_hash(plan)
+    data["timeouts"]["connect_s"] = 260  # the derived value, written out: the same plan
+    assert plan_hash(load_plan(write(tmp_path, data))) == default
+    data["timeouts"]["connect_s"] = 30
     assert plan_hash(load_plan(write(tmp_path, data))) != default
 
 

@@ -106,9 +106,10 @@ class Fed:
     def collaborator(self, name: str, plan: Plan | None = None, **kw: Any):  # type: ignore[no-untyped-def]
         kw.setdefault("stall_timeout", 3.0)
         kw.setdefault("rejoin_s", 1.0)
+        kw.setdefault("log", EventLog(name, quiet=True))
         p = plan or self.plan
         ThreadedCollaborator = _threaded_collaborator()  # noqa: N806
-        col = ThreadedCollaborator(p, load_site(self.layout.site_file(name), p), log=EventLog(name, quiet=True), **kw)
+        col = ThreadedCollaborator(p, load_site(self.layout.site_file(name), p), **kw)
         # threads share torch's global RNG: load the (seeded, random) tiny base here, not concurrently
         col.setup()
         return col
