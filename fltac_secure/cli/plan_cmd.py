@@ -20,12 +20,20 @@ def validate(
     plan: Path = PLAN_ARG,
     site: Path | None = typer.Option(None, "--site", help="Also validate this site file against the plan."),
 ) -> None:
-    """Check a plan (and optionally a site file); exit 2 with one line per problem if invalid."""
+    """Check a plan (and optionally a site file); exit 2 with one line per problem if invalid.
+
+    With --site, also everything the site file points at: certificate, key (and that they match), CA,
+    the aggregator's CRL, and a collaborator's data files (read as `collaborator start` reads them:
+    UTF-8, columns, labels known to the plan, enough examples per task).
+    """
     p = load_plan(plan)
     msg = f"plan {plan} is valid: federation {p.federation!r}, {p.rounds} rounds, {len(p.roster)} sites, {len(p.tasks)} tasks"
     if site is not None:
+        from fltac_secure.federation.preflight import check_site
+
         s = load_site(site, p)
-        msg += f"; site file {site} is valid for {s.role} {s.name!r}"
+        check_site(s, p, site)
+        msg += f"; site file {site} is valid for {s.role} {s.name!r}, and its certificates and data check out"
     typer.echo(msg)
     typer.echo(f"plan hash: {plan_hash(p)}")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 
 from fltac_secure.errors import PKIError
-from fltac_secure.pki.files import load_certificate, read_bytes
+from fltac_secure.pki.files import load_certificate, not_a, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def load_crl(crl_path: Path, ca_cert_path: Path) -> x509.CertificateRevocationLi
     data = read_bytes(Path(crl_path), "CRL")
     try:
         crl = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise PKIError(f"{crl_path} is not a readable CRL ({exc}); copy crl.pem from the CA folder again") from exc
+    except ValueError:
+        raise not_a(Path(crl_path), data, "certificate revocation list",
+                    "copy crl.pem from the CA folder again") from None
     ca = load_certificate(Path(ca_cert_path))
     if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
         raise PKIError(f"{crl_path} is not signed by the federation CA {ca_cert_path}; use the CA's own crl.pem")

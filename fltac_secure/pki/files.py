@@ -79,13 +79,16 @@ def check_key_mode(path: Path) -> None:
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load an unencrypted PEM EC private key (mode must be 0600 or stricter)."""
     data = read_bytes(path, "private key")
-    check_key_mode(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise PKIError(f"{path} is not an unencrypted PEM private key: {e}") from e
+    except TypeError:
+        raise PKIError(f"{path} is a password-protected key; fltac keys are unencrypted (mode 0600 protects "
+                       "them): make a new request with `fltac certs request`") from None
+    except ValueError:
+        raise not_a(path, data, "private key", "give the .key file written by `fltac certs request`") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PKIError(f"{path} holds a {type(key).__name__}; fltac keys are ECDSA P-256")
+    check_key_mode(path)  # after parsing: a certificate given as the key is named as such, not sent to chmod
     return key
 
 
