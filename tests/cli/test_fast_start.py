@@ -82,6 +82,7 @@ def test_model_free_commands_import_no_heavy_module(tmp_path: Path) -> None:
         ("plan hash", ["plan", "hash", DEMO_PLAN]),
         ("plan show", ["plan", "show", DEMO_PLAN]),
         ("plan validate", ["plan", "validate", DEMO_PLAN]),
+        ("site init", ["site", "init", "--role", "aggregator", "--name", "agg", "--out", tmp_path / "agg.yaml"]),
         ("ca init", ["ca", "init", "--dir", ca]),
         ("certs request", ["certs", "request", "--role", "collaborator", "--name", "site1", "--out", site]),
     ]
