@@ -15,29 +15,21 @@ machines), ``rules`` (the plan's threshold, ring and cluster-size rules),
 ``local`` (drive a cluster in one process: tests, benchmark, simulator).
 """
 
-from fltac_secure.secagg.client import ClientSession
-from fltac_secure.secagg.identity import PeerVerifier, Signer
-from fltac_secure.secagg.local import Run, run_cluster
-from fltac_secure.secagg.records import ClusterResult, Context, Setup, Stage
-from fltac_secure.secagg.ring import Ring, max_fractional_bits
-from fltac_secure.secagg.rules import cluster_setup, member_weights, ring_of, threshold_for
-from fltac_secure.secagg.server import ServerSession
+import importlib
+from typing import Any
 
-__all__ = [
-    "ClientSession",
-    "ClusterResult",
-    "Context",
-    "PeerVerifier",
-    "Ring",
-    "Run",
-    "ServerSession",
-    "Setup",
-    "Signer",
-    "Stage",
-    "cluster_setup",
-    "max_fractional_bits",
-    "member_weights",
-    "ring_of",
-    "run_cluster",
-    "threshold_for",
-]
+_EXPORTS = {
+    "ClientSession": "client", "PeerVerifier": "identity", "Signer": "identity", "Run": "local",
+    "run_cluster": "local", "ClusterResult": "records", "Context": "records", "Setup": "records", "Stage": "records",
+    "Ring": "ring", "max_fractional_bits": "ring", "cluster_setup": "rules", "member_weights": "rules",
+    "ring_of": "rules", "threshold_for": "rules", "ServerSession": "server",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a submodule when one of its names is first used: validating a plan needs only ``ring``
+    (numpy), not the key exchange and certificate checks (cryptography, pycryptodome)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
