@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 SIMULATE_HELP = (
     "Run a federation in this process with the same round functions the networked roles use.\n\n"
     "Methods: fltac (one LoRA adapter per site and task, K-means on sketches, averaged within clusters), "
-    "oracle (fltac with the true task ids as clusters), fedit (one shared adapter per site, FedAvg), "
-    "local (no federation) and central (all data pooled per task). Every method trains "
-    "training.local_steps steps per task slot per round.\n\n"
+    "oracle (fltac with the true task ids as clusters), three FedIT variants with one shared adapter "
+    "and FedAvg: fedit (as the paper: one head as wide as the widest task, label ids overlapping from 0, "
+    "no task marker, tasks trained in turn), fedit-tagged (the same with a task tag before every input) "
+    "and fedit-taskheads (each task its own head positions, read alone at test: an upper bound), "
+    "local (no federation) and central (all data pooled per task). Every method spends "
+    "training.local_steps steps per task slot per round (FedIT: that many per task a site holds).\n\n"
     "Without --data the plan's demo sources are split over its roster in memory (as `fltac data "
     "prepare-demo` would); with --data the folder written by prepare-demo is read.\n\n"
     "Writes OUT/metrics.jsonl (per round: per-task test accuracy and macro-F1, each site's accuracy on "
@@ -33,7 +36,7 @@ def simulate_cmd(
     plan: Path = typer.Option(DEMO_PLAN, "--plan", help="Plan YAML.", show_default="the embedded demo plan"),
     data: Path | None = typer.Option(None, "--data", help="Folder written by `fltac data prepare-demo` "
                                      "(default: build from the plan's demo sources)."),
-    method: str = typer.Option("fltac", "--method", help="fltac | oracle | fedit | local | central."),
+    method: str = typer.Option("fltac", "--method", help="fltac | oracle | fedit | fedit-tagged | fedit-taskheads | local | central."),
     out: Path = typer.Option(Path("simulation"), "--out", help="Output folder (created)."),
     rounds: int | None = typer.Option(None, "--rounds", min=1, help="Override the plan's number of rounds."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Override the training and partition seeds."),

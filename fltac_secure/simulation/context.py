@@ -10,6 +10,7 @@ optimizer each call. That is the same computation as one model per site
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -56,19 +57,6 @@ class SimContext:
         return [s for s in self.plan.roster if self.data.train.get(s)]
 
     @cached_property
-    def offsets(self) -> dict[str, tuple[int, int]]:
-        """FedIT's shared head: each task's label positions, tasks side by side in plan order."""
-        out, lo = {}, 0
-        for t in self.plan.tasks:
-            out[t.name] = (lo, lo + t.num_labels)
-            lo += t.num_labels
-        return out
-
-    @property
-    def fedit_width(self) -> int:
-        return sum(t.num_labels for t in self.plan.tasks)
-
-    @cached_property
     def site_tasks(self) -> dict[str, list[str]]:
         """Each site's tasks in plan order; slot index = position in this list."""
         return {s: [t for t in self.task_names if t in self.data.train[s]] for s in self.sites}
@@ -94,16 +82,15 @@ class SimContext:
             self._cache["model"] = SlotModel(self.plan, self.task_names)
         return self._cache["model"]
 
-    @property
-    def fedit_model(self) -> SlotModel:
-        """One shared adapter + one head of width sum(labels) (FedIT)."""
-        if "fedit" not in self._cache:
+    def shared_model(self, head_width: int) -> SlotModel:
+        """One shared adapter + one head of ``head_width`` positions, all trainable (the FedIT variants)."""
+        key = f"shared/{head_width}"
+        if key not in self._cache:
             from fltac_secure.learning.model import SlotModel
 
-            width = self.fedit_width
-            self._cache["fedit"] = SlotModel(self.plan, [FEDIT_SLOT], head_width=width,
-                                             label_ranges={FEDIT_SLOT: (0, width)})
-        return self._cache["fedit"]
+            self._cache[key] = SlotModel(self.plan, [FEDIT_SLOT], head_width=head_width,
+                                         label_ranges={FEDIT_SLOT: (0, head_width)})
+        return self._cache[key]
 
     # encoded data (tokenised once) -------------------------------------------
     @property
@@ -114,27 +101,29 @@ class SimContext:
             self._cache["tokenizer"] = load_tokenizer(self.plan.model.base)
         return self._cache["tokenizer"]
 
-    def _encode(self, name: str, ds: TaskDataset, offset: int = 0) -> EncodedDataset:
-        if name not in self._cache:
+    def _encode(self, name: str, ds: TaskDataset, offset: int = 0, tag: str = "") -> EncodedDataset:
+        """Tokenise once per (name, offset, tag); ``tag`` is prepended to every text, ``offset`` added to labels."""
+        key = f"{name}/{offset}/{tag}"
+        if key not in self._cache:
+            from fltac_secure.data import TaskDataset
             from fltac_secure.learning.train import encode
 
-            self._cache[name] = encode(self.tokenizer, ds, self.plan.training.max_seq_length,
-                                       label_offset=offset)
-        return self._cache[name]
+            if tag:
+                ds = TaskDataset(ds.task, [tag + x for x in ds.texts], ds.labels)
+            self._cache[key] = encode(self.tokenizer, ds, self.plan.training.max_seq_length, label_offset=offset)
+        return self._cache[key]
 
-    def encoded_train(self, site: str, task: str) -> EncodedDataset:
-        return self._encode(f"train/{site}/{task}", self.data.train[site][task])
+    def encoded_train(self, site: str, task: str, *, offset: int = 0, tag: str = "") -> EncodedDataset:
+        return self._encode(f"train/{site}/{task}", self.data.train[site][task], offset, tag)
 
-    def encoded_site_test(self, site: str, task: str, *, fedit: bool = False) -> EncodedDataset | None:
+    def encoded_site_test(self, site: str, task: str, *, offset: int = 0, tag: str = "") -> EncodedDataset | None:
         ds = self.data.site_test.get(site, {}).get(task)
         if ds is None or len(ds) == 0:
             return None
-        off = self.offsets[task][0] if fedit else 0
-        return self._encode(f"site_test/{site}/{task}/{off}", ds, off)
+        return self._encode(f"site_test/{site}/{task}", ds, offset, tag)
 
-    def encoded_test(self, task: str, *, fedit: bool = False) -> EncodedDataset:
-        off = self.offsets[task][0] if fedit else 0
-        return self._encode(f"test/{task}/{off}", self.data.test[task], off)
+    def encoded_test(self, task: str, *, offset: int = 0, tag: str = "") -> EncodedDataset:
+        return self._encode(f"test/{task}", self.data.test[task], offset, tag)
 
     def encoded_pooled(self, task: str) -> EncodedDataset:
         """All sites' training data of one task (centralised baseline)."""
@@ -144,14 +133,15 @@ class SimContext:
         pooled = TaskDataset(task, [x for p in parts for x in p.texts], np.concatenate([p.labels for p in parts]))
         return self._encode(f"pooled/{task}", pooled)
 
-    def encoded_fedit_train(self, site: str) -> EncodedDataset:
-        """A site's tasks mixed into one data set with labels shifted to the shared head's positions."""
+    def encoded_mixed_train(self, site: str, offsets: Mapping[str, int]) -> EncodedDataset:
+        """A site's tasks mixed into one data set, each task's labels shifted by ``offsets[task]``."""
         from fltac_secure.data import TaskDataset
 
         tasks = self.site_tasks[site]
         texts = [x for t in tasks for x in self.data.train[site][t].texts]
-        labels = np.concatenate([self.data.train[site][t].labels + self.offsets[t][0] for t in tasks])
-        return self._encode(f"fedit_train/{site}", TaskDataset("+".join(tasks), texts, labels))
+        labels = np.concatenate([self.data.train[site][t].labels + offsets[t] for t in tasks])
+        shift = ",".join(str(offsets[t]) for t in tasks)
+        return self._encode(f"mixed_train/{site}/{shift}", TaskDataset("+".join(tasks), texts, labels))
 
     def n_train(self, site: str, task: str | None = None) -> int:
         tasks = [task] if task else self.site_tasks[site]

@@ -37,7 +37,7 @@ def task_metrics(method: Method) -> dict[str, Any]:
     for task, candidates in method.global_adapters().items():
         if not candidates:
             continue
-        data = method.ctx.encoded_test(task, fedit=method.fedit_encoding)
+        data = method.test_data(task)
         scores = [(_score(method, task, vec, data), w) for vec, w in candidates]
         total = float(sum(w for _, w in scores))
         tasks[task] = {
@@ -59,7 +59,7 @@ def site_metrics(method: Method) -> dict[str, Any]:
     for site, per_task in method.site_adapters().items():
         slots, correct, total = {}, 0.0, 0
         for task, vec in per_task.items():
-            data = method.ctx.encoded_site_test(site, task, fedit=method.fedit_encoding)
+            data = method.site_test_data(site, task)
             if data is None:
                 continue
             s = _score(method, task, vec, data)

@@ -1,4 +1,4 @@
-"""The compared methods, each a small class behind one interface and a registry.
+"""The compared methods, each a small class behind one interface (registry: ``simulation.registry``).
 
 All methods train with the same ``train_slot`` and the same per-slot budget:
 ``training.local_steps`` optimizer steps per task slot per round.
@@ -7,9 +7,9 @@ All methods train with the same ``train_slot`` and the same per-slot budget:
   averaged within clusters, redistributed (``federation.rounds``).
 - ``oracle``: the same with the true task ids instead of K-means (isolates
   the clustering error).
-- ``fedit``: one shared adapter and one head of width sum(labels) per site,
-  trained on the site's tasks mixed (steps = local_steps x its number of
-  tasks, i.e. the steps of all its slots), FedAvg over sites.
+- ``fedit``, ``fedit-tagged``, ``fedit-taskheads``: one shared adapter for
+  all tasks, FedAvg over sites (``simulation.fedit``; same steps per site as
+  FL-TAC: local_steps x the site's number of tasks).
 - ``local``: every slot trains alone, no federation.
 - ``central``: all training data of a task pooled, one adapter per task,
   local_steps x (number of slots holding the task) steps per round, so it
@@ -31,15 +31,14 @@ from fltac_secure.federation.rounds import (
     oracle_assign,
     server_aggregate,
     server_assign,
-    slot_seed,
 )
 from fltac_secure.learning.adapters import adapter_layout, initial_vector
-from fltac_secure.learning.aggregate import weighted_mean
-from fltac_secure.simulation.context import FEDIT_SLOT, SimContext
+from fltac_secure.simulation.context import SimContext
 
 if TYPE_CHECKING:
-    from fltac_secure.simulation.secure import LocalSecureAggregation
     from fltac_secure.learning.model import SlotModel
+    from fltac_secure.learning.train import EncodedDataset
+    from fltac_secure.simulation.secure import LocalSecureAggregation
 
 
 @dataclass
@@ -51,6 +50,7 @@ class RoundOutcome:
     train_loss: float = float("nan")
     sketches: dict[str, np.ndarray] | None = None
     labels: dict[str, int] | None = None
+    train_steps: int = 0  # optimizer steps taken in the round, all sites together
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -76,7 +76,9 @@ class Method(ABC):
     def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
         """Per site and task: the adapter that site uses after the round."""
 
-    # evaluation plumbing (FedIT overrides) --------------------------------------
+    # evaluation plumbing (the shared-adapter FedIT variants override) ---------
+    shared_adapter: ClassVar[bool] = False  # one adapter for every task (exported once)
+
     @property
     def model(self) -> SlotModel:
         return self.ctx.model
@@ -84,16 +86,21 @@ class Method(ABC):
     def eval_slot(self, task: str) -> tuple[str, tuple[int, int] | None]:
         return task, None
 
-    @property
-    def fedit_encoding(self) -> bool:
-        return False
+    def test_data(self, task: str) -> EncodedDataset:
+        """The task's global test set as this method's model reads it."""
+        return self.ctx.encoded_test(task)
+
+    def site_test_data(self, site: str, task: str) -> EncodedDataset | None:
+        """A site's local held-out part of ``task`` (None if it has none)."""
+        return self.ctx.encoded_site_test(site, task)
 
     @property
     def vector_size(self) -> int:
         return adapter_layout(self.ctx.plan).size
 
 
-def _advance(progress: object) -> None:
+def advance(progress: object) -> None:
+    """Tick the runner's progress bar (a no-op without one)."""
     if progress is not None:
         progress()  # type: ignore[operator]
 
@@ -114,12 +121,13 @@ class FLTAC(Method):
 
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
         ctx, plan = self.ctx, self.ctx.plan
-        vectors, sketches, counts, losses = {}, {}, {}, []
+        vectors, sketches, counts, losses, steps = {}, {}, {}, [], 0
         for site in ctx.sites:
             for res in client_round(ctx.model, site, ctx.slots_of(site), self.state.vectors, r, plan):
                 vectors[res.key], sketches[res.key], counts[res.key] = res.vector, res.sketch, res.n_samples
                 losses.append(res.stats.get("loss", np.nan))
-            _advance(progress)
+                steps += int(res.stats.get("steps", 0))
+            advance(progress)
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
             self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts)
@@ -130,6 +138,7 @@ class FLTAC(Method):
             up_params=n * (d + self.sketch_params + 1),
             down_params=n * (d + 1),
             train_loss=float(np.nanmean(losses)),
+            train_steps=steps,
             sketches=sketches,
             labels=dict(assignment.labels),
         )
@@ -195,13 +204,14 @@ class Local(Method):
         self.vectors = {k: self.init.copy() for k in ctx.key_task}
 
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
-        losses = []
+        losses, steps = [], 0
         for site in self.ctx.sites:
             for res in client_round(self.ctx.model, site, self.ctx.slots_of(site), self.vectors, r, self.ctx.plan):
                 self.vectors[res.key] = res.vector
                 losses.append(res.stats.get("loss", np.nan))
-            _advance(progress)
-        return RoundOutcome(train_loss=float(np.nanmean(losses)))
+                steps += int(res.stats.get("steps", 0))
+            advance(progress)
+        return RoundOutcome(train_loss=float(np.nanmean(losses)), train_steps=steps)
 
     def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
         out: dict[str, list[tuple[np.ndarray, int]]] = {t: [] for t in self.ctx.task_names}
@@ -226,7 +236,7 @@ class Central(Method):
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
         from fltac_secure.federation.rounds import ClientSlot
 
-        ctx, losses = self.ctx, []
+        ctx, losses, n_steps = self.ctx, [], 0
         for task in ctx.task_names:
             holders = sum(task in ts for ts in ctx.site_tasks.values())
             if holders == 0:
@@ -237,77 +247,12 @@ class Central(Method):
             (res,) = client_round(ctx.model, "central", [slot], {slot.key: self.vectors[task]}, r, ctx.plan, steps=steps)
             self.vectors[task] = res.vector
             losses.append(res.stats.get("loss", np.nan))
-        _advance(progress)
-        return RoundOutcome(train_loss=float(np.nanmean(losses)))
+            n_steps += int(res.stats.get("steps", 0))
+        advance(progress)
+        return RoundOutcome(train_loss=float(np.nanmean(losses)), train_steps=n_steps)
 
     def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
         return {t: [(v, 1)] for t, v in self.vectors.items()}
 
     def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
         return {s: {t: self.vectors[t] for t in ts} for s, ts in self.ctx.site_tasks.items()}
-
-
-class FedIT(Method):
-    """One shared adapter (+ a head over all tasks' labels) per site, FedAvg over sites."""
-
-    name = "fedit"
-
-    def __init__(self, ctx: SimContext) -> None:
-        self.ctx = ctx
-        self.init = initial_vector(ctx.plan, ctx.plan.training.seed, head_width=ctx.fedit_width)
-        self.vector = self.init.copy()
-
-    @property
-    def model(self) -> SlotModel:
-        return self.ctx.fedit_model
-
-    def eval_slot(self, task: str) -> tuple[str, tuple[int, int] | None]:
-        return FEDIT_SLOT, self.ctx.offsets[task]
-
-    @property
-    def fedit_encoding(self) -> bool:
-        return True
-
-    @property
-    def vector_size(self) -> int:
-        return adapter_layout(self.ctx.plan, head_width=self.ctx.fedit_width).size
-
-    def run_round(self, r: int, progress: object = None) -> RoundOutcome:
-        from fltac_secure.learning.adapters import get_slot_vector, set_slot_vector
-        from fltac_secure.learning.train import train_slot
-
-        ctx, plan = self.ctx, self.ctx.plan
-        vecs, counts, losses = [], [], []
-        for site in ctx.sites:
-            set_slot_vector(self.model, FEDIT_SLOT, self.vector)
-            steps = plan.training.local_steps * len(ctx.site_tasks[site])
-            st = train_slot(self.model, FEDIT_SLOT, ctx.encoded_fedit_train(site), plan.training,
-                            slot_seed(plan, site, FEDIT_SLOT, r), steps=steps)
-            vecs.append(get_slot_vector(self.model, FEDIT_SLOT))
-            counts.append(ctx.n_train(site))
-            losses.append(float(st["loss"]))
-            _advance(progress)
-        self.vector = weighted_mean(vecs, counts, plan.aggregation.weighting)
-        n, d = len(vecs), self.vector_size
-        return RoundOutcome(up_params=n * (d + 1), down_params=n * d, train_loss=float(np.mean(losses)))
-
-    def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:
-        return {t: [(self.vector, 1)] for t in self.ctx.task_names}
-
-    def site_adapters(self) -> dict[str, dict[str, np.ndarray]]:
-        return {s: {t: self.vector for t in ts} for s, ts in self.ctx.site_tasks.items()}
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Add a method under ``cls.name``; duplicates are refused."""
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    METHODS[cls.name] = cls
-    return cls
-
-
-for _cls in (FLTAC, Oracle, FedIT, Local, Central):
-    register_method(_cls)

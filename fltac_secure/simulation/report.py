@@ -131,7 +131,7 @@ def export_adapters(method: Method, out_dir: Path) -> dict[str, str]:
     if method.name == "local":  # no global adapter exists; each site keeps its own
         return written
     adapters = method.global_adapters()
-    if method.name == "fedit":
+    if method.shared_adapter:
         slot, _ = method.eval_slot(plan.tasks[0].name)
         set_slot_vector(method.model, slot, adapters[plan.tasks[0].name][0][0])
         path = export_peft(method.model, slot, out_dir / "shared")

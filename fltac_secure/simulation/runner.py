@@ -24,7 +24,8 @@ from fltac_secure.simulation.evaluate import (
     site_metrics,
     task_metrics,
 )
-from fltac_secure.simulation.methods import METHODS, Method
+from fltac_secure.simulation.methods import Method
+from fltac_secure.simulation.registry import METHODS
 from fltac_secure.simulation.report import (
     export_adapters,
     final_table,
@@ -116,7 +117,7 @@ def _one_round(runner: Method, r: int, advance: Callable[[], None], *, evaluate:
     outcome = runner.run_round(r, advance)
     rec: dict[str, Any] = {
         "method": runner.name, "round": r, "up_params": outcome.up_params, "down_params": outcome.down_params,
-        "train_loss": outcome.train_loss, "train_s": round(time.perf_counter() - t0, 3),
+        "train_loss": outcome.train_loss, "train_steps": outcome.train_steps, "train_s": round(time.perf_counter() - t0, 3),
     }
     if outcome.labels is not None:
         rec.update(clustering_metrics(runner.ctx, outcome.labels))
