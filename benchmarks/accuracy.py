@@ -1,23 +1,31 @@
-"""Benchmark: FL-TAC against FedIT, oracle clusters, local-only and centralised LoRA.
+"""Benchmark: FL-TAC against the three FedIT variants, oracle clusters, local-only and centralised LoRA.
 
-On ``plans/bench-4task.yaml`` (10 sites, Dirichlet alpha 0.5 over the four
-shipped text tasks, all-MiniLM-L6-v2, LoRA on query+value) every variant
-runs on the same data with the same local steps per task slot per round:
+On a benchmark plan (default ``plans/bench-4task.yaml``: 10 sites, Dirichlet
+alpha 0.5 over the four shipped text tasks; ``--plan plans/bench-conflict.yaml``:
+8 conflicting binary tasks) every variant runs on the same data with the same
+local steps per task slot per round (see ``fltac_secure/simulation/fedit.py``):
 
-    fltac-r1, fltac-r4, fedit-r1, fedit-r8, oracle-r1, local-r1, central-r1
+    fltac-r1, fedit-r8, fedit-r1, central-r1, oracle-r1, fltac-r4,
+    fedit-tagged-r1, fedit-tagged-r8, fedit-taskheads-r1, fedit-taskheads-r8, local-r1
 
-Sized to finish in about an hour on 2 cores (rounds, steps, sequence length
-and example caps below); ``--quick`` is a smoke run of a few minutes. After
-each variant the partial results are written, so an interrupted run keeps
-what it measured; ``--only`` re-runs chosen variants and merges them in.
+Every row runs over ``--seeds`` seeds (default 3; seed s sets the partition
+and training seeds to s, so seed 0 is the plan's own split) and is reported as
+mean and sd of accuracy and macro-F1. Sized so one seed of bench-4task takes
+about an hour on 2 idle cores; ``--quick`` is a smoke run of a few minutes per
+row and writes under ``--work`` unless ``--results`` is given, so it never
+overwrites the committed results. After each (variant, seed) the partial
+results are written; ``--resume`` runs only what is missing, ``--only``
+re-runs chosen variants and merges them in.
 
-    .venv/bin/python benchmarks/accuracy.py            # full (about an hour)
-    .venv/bin/python benchmarks/accuracy.py --quick    # smoke run
-    .venv/bin/python benchmarks/accuracy.py --only fltac-r1,fedit-r1
-    .venv/bin/python benchmarks/accuracy.py --resume   # run only the variants not saved yet
+    .venv/bin/python benchmarks/accuracy.py                                   # bench-4task, 3 seeds
+    .venv/bin/python benchmarks/accuracy.py --plan plans/bench-conflict.yaml  # writes accuracy-conflict.*
+    .venv/bin/python benchmarks/accuracy.py --quick --seeds 1 --only fltac-r1,fedit-r1
+    .venv/bin/python benchmarks/accuracy.py --resume
 
-Writes benchmarks/results/accuracy.{json,md}, accuracy.png (accuracy per
-round, all variants) and accuracy_clusters_<variant>.png.
+Writes RESULTS/<name>.{json,md}, <name>.png (mean accuracy per round over the
+seeds, all variants) and <name>_clusters_<variant>.png (first seed), where
+<name> is ``accuracy`` for bench-4task and ``accuracy-conflict`` for
+bench-conflict (``accuracy-<plan stem>`` otherwise).
 """
 
 from __future__ import annotations
@@ -26,21 +34,34 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_report import markdown, summarise  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = {  # name -> (method, rank), in run order (most important first)
-    "fltac-r1": ("fltac", 1), "fedit-r1": ("fedit", 1), "central-r1": ("central", 1), "oracle-r1": ("oracle", 1),
-    "fltac-r4": ("fltac", 4), "fedit-r8": ("fedit", 8), "local-r1": ("local", 1),
+    "fltac-r1": ("fltac", 1), "fedit-r8": ("fedit", 8), "fedit-r1": ("fedit", 1), "central-r1": ("central", 1),
+    "oracle-r1": ("oracle", 1), "fltac-r4": ("fltac", 4),
+    "fedit-tagged-r1": ("fedit-tagged", 1), "fedit-tagged-r8": ("fedit-tagged", 8),
+    "fedit-taskheads-r1": ("fedit-taskheads", 1), "fedit-taskheads-r8": ("fedit-taskheads", 8),
+    "local-r1": ("local", 1),
 }
 FULL = {"rounds": 5, "local_steps": 10, "max_seq_length": 40, "batch_size": 16, "max_examples": 2000, "test_cap": 300}
 QUICK = {"rounds": 2, "local_steps": 3, "max_seq_length": 32, "batch_size": 8, "max_examples": 600, "test_cap": 60}
 
 
-def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None) -> Any:
+def results_name(plan_path: Path) -> str:
+    """``accuracy`` for bench-4task, ``accuracy-conflict`` for bench-conflict, ``accuracy-<stem>`` otherwise."""
+    stem = plan_path.stem
+    return "accuracy" if stem == "bench-4task" else "accuracy-" + stem.removeprefix("bench-")
+
+
+def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None, seed: int) -> Any:
     from fltac_secure.plan import load_plan
     from fltac_secure.plan.schema import Plan
 
@@ -48,26 +69,25 @@ def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None)
     raw["rounds"] = size["rounds"]
     raw["model"]["lora"]["rank"] = rank
     raw["training"].update(local_steps=size["local_steps"], max_seq_length=size["max_seq_length"],
-                           batch_size=size["batch_size"])
-    raw["partition"]["max_examples_per_task"] = size["max_examples"]
+                           batch_size=size["batch_size"], seed=seed)
+    raw["partition"].update(max_examples_per_task=size["max_examples"], seed=seed)
     if features:
         raw["clustering"]["features"] = features
     return Plan.model_validate(raw)
 
 
 def cap_tests(data: Any, cap: int, seed: int) -> Any:
-    """Stratified cap on each global test set (evaluation time), same for every variant."""
+    """Stratified cap on each global test set (evaluation time), same for every variant of a seed."""
     from fltac_secure.data import stratified_sample
 
     data.test = {t: stratified_sample(ds, cap, seed) for t, ds in data.test.items()}
     return data
 
 
-def run_variant(name: str, plan: Any, data: Any, out: Path, contexts: dict[int, Any]) -> dict[str, Any]:
-    from fltac_secure.simulation import SimContext, simulate
+def run_variant(name: str, plan: Any, data: Any, out: Path, ctx: Any, clusters_to: Path | None) -> dict[str, Any]:
+    from fltac_secure.simulation import simulate
 
     method, rank = VARIANTS[name]
-    ctx = contexts.setdefault(rank, SimContext(plan, data))
     t0 = time.perf_counter()
     res = simulate(plan, data, method, out / name, progress=False, site_eval=False, export=False,
                    eval_every=plan.rounds if method == "local" else 1, context=ctx)
@@ -77,118 +97,107 @@ def run_variant(name: str, plan: Any, data: Any, out: Path, contexts: dict[int, 
         "tasks": {t: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]} for t, m in final["tasks"].items()},
         "mean_accuracy": final["mean_accuracy"], "mean_macro_f1": final["mean_macro_f1"],
         "up_params_per_round": final["up_params"], "down_params_per_round": final["down_params"],
+        "train_steps_per_round": final.get("train_steps"),
         "rounds": [{k: r.get(k) for k in ("round", "mean_accuracy", "ari", "nmi", "cluster_tasks", "train_loss", "tasks")}
                    for r in res.rounds],
     }
     clusters = out / name / "clusters.png"
-    if clusters.exists():
-        shutil.copy(clusters, RESULTS / f"accuracy_clusters_{name}.png")
+    if clusters_to is not None and clusters.exists():
+        shutil.copy(clusters, clusters_to)
     return rec
 
 
-def write_report(results: dict[str, Any], meta: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "accuracy.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
-    (RESULTS / "accuracy.md").write_text(markdown(results, meta))
+def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, name: str) -> None:
     from fltac_secure.simulation.report import plot_accuracy
 
-    plot_accuracy({n: r["rounds"] for n, r in results.items()}, RESULTS / "accuracy.png", title="bench-4task")
+    where.mkdir(parents=True, exist_ok=True)
+    for row in results.values():
+        row["summary"] = summarise(row["per_seed"])
+    (where / f"{name}.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
+    (where / f"{name}.md").write_text(markdown(results, meta))
+    plot_accuracy({n: r["summary"]["curve"] for n, r in results.items()}, where / f"{name}.png",
+                  title=f"{meta['plan']} (mean over seeds)")
 
 
-def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
-    tasks = meta["tasks"]
-    lines = ["# Accuracy benchmark: FL-TAC vs FedIT and references (bench-4task)", "",
-             f"Setup: {meta['setup']}", f"Command: `{meta['command']}`; machine: {meta['machine']}.", "",
-             "| variant | " + " | ".join(tasks) + " | mean acc | mean macro-F1 | ARI (per round) | params up/round | params down/round | wall s |",
-             "|---|" + "---:|" * (len(tasks) + 6)]
-    for name, r in results.items():
-        aris = [x["ari"] for x in r["rounds"] if x.get("ari") is not None]
-        ari = " ".join(f"{a:.2f}" for a in aris) if aris else "-"
-        lines.append(f"| {name} | " + " | ".join(f"{r['tasks'][t]['accuracy']:.3f}" for t in tasks)
-                     + f" | {r['mean_accuracy']:.3f} | {r['mean_macro_f1']:.3f} | {ari} | "
-                     f"{r['up_params_per_round']:,} | {r['down_params_per_round']:,} | {r['wall_s']} |")
-    lines += ["", *targets(results)]
-    return "\n".join(lines) + "\n"
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    """The issue's targets, checked against what was measured."""
-    out = ["## Targets"]
-    acc = {n: r["mean_accuracy"] for n, r in results.items()}
-    if "fltac-r1" in acc and "fedit-r1" in acc:
-        d = 100 * (acc["fltac-r1"] - acc["fedit-r1"])
-        out.append(f"- FL-TAC r1 vs FedIT r1: {d:+.1f} points (target >= +5): {'met' if d >= 5 else 'missed'}")
-    if "fltac-r4" in acc and "fedit-r8" in acc:
-        out.append(f"- FL-TAC r4 vs FedIT r8 (FedIT with twice the rank): {100 * (acc['fltac-r4'] - acc['fedit-r8']):+.1f} points")
-    if "fltac-r1" in acc and "central-r1" in acc:
-        d = 100 * (acc["fltac-r1"] - acc["central-r1"])
-        out.append(f"- FL-TAC r1 vs centralised r1: {d:+.1f} points (target >= -2): {'met' if d >= -2 else 'missed'}")
-    if "fltac-r1" in results:
-        aris = [x["ari"] for x in results["fltac-r1"]["rounds"] if x.get("ari") is not None]
-        later = aris[1:]
-        ok = bool(later) and min(later) >= 0.95
-        out.append(f"- FL-TAC r1 ARI from round 2: {[round(a, 3) for a in later]} (target >= 0.95): {'met' if ok else 'missed'}")
-    return out
-
-
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="FL-TAC accuracy benchmark (see module doc)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, minutes")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, minutes per row")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per row (0..N-1: partition and training seed)")
     ap.add_argument("--only", default="", help="comma-separated variants to (re)run; merged into saved results")
-    ap.add_argument("--resume", action="store_true", help="keep saved variants of the same setup, run the rest")
+    ap.add_argument("--resume", action="store_true", help="keep saved (variant, seed) runs of the same setup")
     ap.add_argument("--plan", type=Path, default=ROOT / "plans" / "bench-4task.yaml")
     ap.add_argument("--features", choices=["full", "lora", "delta"], default=None, help="override clustering.features")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-accuracy")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="where to write (default benchmarks/results; with --quick: WORK/results)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.results is None:
+        args.results = args.work / "results" if args.quick else RESULTS
+    return args
 
+
+def main() -> None:
+    args = parse()
     import torch
 
     torch.set_num_threads(args.threads)
     from fltac_secure.data import build_federated_data
+    from fltac_secure.simulation import SimContext
 
     size = QUICK if args.quick else FULL
     names = [n for n in (args.only.split(",") if args.only else VARIANTS) if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    base_plan = make_plan(args.plan, size, 1, args.features)
-    data = cap_tests(build_federated_data(base_plan), size["test_cap"], base_plan.partition.seed)
+    name = results_name(args.plan)
+    base = make_plan(args.plan, size, 1, args.features, 0)
     meta = {
-        "tasks": [t.name for t in base_plan.tasks],
-        "setup": f"{len(base_plan.roster)} sites, alpha {base_plan.partition.alpha}, {size['rounds']} rounds, "
+        "plan": base.federation,
+        "tasks": [t.name for t in base.tasks],
+        "setup": f"{len(base.roster)} sites, alpha {base.partition.alpha}, {size['rounds']} rounds, "
                  f"{size['local_steps']} local steps per slot per round, batch {size['batch_size']}, "
                  f"max {size['max_seq_length']} tokens, <= {size['max_examples']} examples per task, "
-                 f"global test sets capped at {size['test_cap']} per task, lr {base_plan.training.learning_rate}, "
-                 f"clustering features {base_plan.clustering.features}, center {base_plan.clustering.center}, "
-                 f"normalize {base_plan.clustering.normalize}, "
-                 f"sketch dim {base_plan.clustering.sketch_dim}; slots: "
-                 f"{sum(len(v) for v in data.train.values())}",
-        "command": "python benchmarks/accuracy.py" + (" --quick" if args.quick else "")
+                 f"global test sets capped at {size['test_cap']} per task, lr {base.training.learning_rate}, "
+                 f"clustering features {base.clustering.features}, center {base.clustering.center}, "
+                 f"normalize {base.clustering.normalize}, sketch dim {base.clustering.sketch_dim}, "
+                 f"secure aggregation {'on' if base.secure_aggregation.enabled else 'off'}",
+        "command": f"python benchmarks/accuracy.py --plan {args.plan.relative_to(ROOT) if args.plan.is_absolute() and args.plan.is_relative_to(ROOT) else args.plan}"
+                   f" --seeds {args.seeds}" + (" --quick" if args.quick else "")
                    + (f" --features {args.features}" if args.features else ""),
         "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
     }
-    saved = RESULTS / "accuracy.json"
+    saved = args.results / f"{name}.json"
     results: dict[str, Any] = {}
     if (args.only or args.resume) and saved.exists():
         old = json.loads(saved.read_text())
         if old["meta"]["setup"] == meta["setup"]:
             results = old["variants"]
         elif args.resume:
-            raise SystemExit("saved results are from another setup; run without --resume")
-    if args.resume:
-        names = [n for n in names if n not in results]
-    contexts: dict[int, Any] = {}
-    for name in names:
-        plan = make_plan(args.plan, size, VARIANTS[name][1], args.features)
-        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        results[name] = run_variant(name, plan, data, args.work, contexts)
-        r = results[name]
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: mean acc {r['mean_accuracy']:.3f} "
-              f"ARI {[x.get('ari') for x in r['rounds']]} ({r['wall_s']} s)", flush=True)
-        ordered = {n: results[n] for n in VARIANTS if n in results}
-        write_report(ordered, meta)
-    print(f"wrote {RESULTS}/accuracy.{{json,md,png}}")
+            raise SystemExit(f"saved results in {saved} are from another setup; run without --resume")
+    for seed in range(args.seeds):
+        todo = [n for n in names if not (args.resume and str(seed) in results.get(n, {}).get("per_seed", {}))]
+        if not todo:
+            continue
+        data = cap_tests(build_federated_data(make_plan(args.plan, size, 1, args.features, seed)),
+                         size["test_cap"], seed)
+        contexts: dict[int, Any] = {}
+        for vname in todo:
+            plan = make_plan(args.plan, size, VARIANTS[vname][1], args.features, seed)
+            ctx = contexts.setdefault(plan.model.lora.rank, SimContext(plan, data))
+            print(f"[{time.strftime('%H:%M:%S')}] {vname} seed {seed} ...", flush=True)
+            shot = args.results / f"{name}_clusters_{vname}.png" if seed == 0 else None
+            rec = run_variant(vname, plan, data, args.work / f"seed{seed}", ctx, shot)
+            row = results.setdefault(vname, {"per_seed": {}})
+            row["per_seed"][str(seed)] = rec
+            print(f"[{time.strftime('%H:%M:%S')}] {vname} seed {seed}: mean acc {rec['mean_accuracy']:.3f} "
+                  f"macro-F1 {rec['mean_macro_f1']:.3f} ARI {[x.get('ari') for x in rec['rounds']]} "
+                  f"steps/round {rec['train_steps_per_round']} ({rec['wall_s']} s)", flush=True)
+            ordered = {n: results[n] for n in VARIANTS if n in results}
+            write_report(ordered, meta, args.results, name)
+    print(f"wrote {args.results}/{name}.{{json,md,png}}")
 
 
 if __name__ == "__main__":
