@@ -169,6 +169,7 @@ def main() -> None:
                    + (f" --features {args.features}" if args.features else ""),
         "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
     }
+    args.results.mkdir(parents=True, exist_ok=True)
     saved = args.results / f"{name}.json"
     results: dict[str, Any] = {}
     if (args.only or args.resume) and saved.exists():
