@@ -44,7 +44,14 @@ from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
-from fltac_secure.federation.rounds import Assignment, ServerState, server_aggregate, server_assign, slot_key
+from fltac_secure.federation.rounds import (
+    Assignment,
+    ServerState,
+    crowded_warning,
+    server_aggregate,
+    server_assign,
+    slot_key,
+)
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import append_jsonl, pin_plan
 from fltac_secure.learning.cluster import ClusterResult
@@ -311,8 +318,11 @@ class Aggregator:
             return f"{len(sketched)} site(s) sent sketches within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
         sketches, counts = self._collect_sketches(sketch_phase, sketched)
         assignment = server_assign(state, sketches, self.plan)
+        moved = f" (one cluster per slot of a site: moved {assignment.clusters.moved})" if assignment.clusters.moved else ""
         self.log.info(f"round {r}: clustered {len(sketches)} slot sketches into "
-                      f"{len(set(assignment.labels.values()))} cluster(s); ASSIGNMENT out")
+                      f"{len(set(assignment.labels.values()))} cluster(s){moved}; ASSIGNMENT out")
+        if assignment.clusters.crowded:
+            self.log.warn(crowded_warning(r, assignment.clusters.crowded, list(sketches), self.plan.k))
         if self.plan.secure_aggregation.enabled:
             from aggregator.secure import secure_round
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from fltac_secure.errors import StateError
 from fltac_secure.learning.aggregate import cluster_means, redistribute
-from fltac_secure.learning.cluster import ClusterResult, cluster_sketches
+from fltac_secure.learning.cluster import ClusterResult, cluster_sketches, site_of
 from fltac_secure.learning.seeding import derive_seed
 from fltac_secure.learning.sketch import make_sketcher, round_sketch_seed
 
@@ -43,6 +43,7 @@ __all__ = [
     "SlotResult",
     "client_round",
     "clustering_features",
+    "crowded_warning",
     "oracle_assign",
     "server_aggregate",
     "server_assign",
@@ -249,7 +250,12 @@ def _cid(text: str) -> int:
 
 
 def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: Plan) -> Assignment:
-    """Cluster this round's sketches; ids matched to the previous round's clusters."""
+    """Cluster this round's sketches; ids matched to the previous round's clusters.
+
+    With ``clustering.distinct_per_site`` a site's slots go to distinct
+    clusters (the site is the part of the slot key before ``/``, known to the
+    aggregator from the connection that sent the sketch).
+    """
     c = plan.clustering
     result = cluster_sketches(
         sketches,
@@ -259,8 +265,19 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         n_init=c.n_init,
         seed=derive_seed("kmeans", c.seed, state.round),
         previous=state.clusters,
+        groups={key: site_of(key) for key in sketches} if c.distinct_per_site else None,
     )
     return Assignment(round=state.round, clusters=result)
+
+
+def crowded_warning(round_index: int, crowded: Sequence[str], keys: Sequence[str], k: int) -> str:
+    """One line for sites whose slots outnumber the clusters (two of their tasks must share one)."""
+    counts = {s: sum(1 for key in keys if site_of(key) == s) for s in crowded}
+    most = max(counts.values(), default=k + 1)
+    listed = ", ".join(f"{s} ({n} slots)" for s, n in counts.items())
+    return (f"round {round_index}: {listed} hold(s) more tasks than the {k} cluster(s), so some of "
+            f"their task adapters share a cluster (and are averaged together); raise clustering.k to at "
+            f"least {most}")
 
 
 def oracle_assign(state: ServerState, true_clusters: Mapping[str, int], plan: Plan) -> Assignment:

@@ -9,6 +9,16 @@ membership overlap (how many slot keys two clusters share), ties broken by
 the first member's position: a task keeps its global adapter's id from
 round to round, which makes metrics, checkpoints and plots comparable.
 
+A site's slots are different tasks by construction, so two of them in one
+cluster is a clustering error. With ``groups`` (slot key -> site, which the
+aggregator knows anyway: it is who sent the sketch) the K-means result is
+refined under that constraint: each site's slots are matched to distinct
+centroids by a Hungarian assignment on squared distances, alternating with
+centroid updates until nothing moves (each step lowers the K-means objective
+over the assignments that respect the constraint, so it ends). A site with
+more slots than clusters cannot be satisfied: its slots are spread as evenly
+as possible and the site is listed in ``ClusterResult.crowded``.
+
 Degenerate inputs are handled, not refused: fewer distinct points than K
 gives as many clusters as distinct points (duplicates always share a
 cluster), one point gives one cluster, no points gives an empty result.
@@ -26,7 +36,15 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["ClusterResult", "cluster_sketches", "match_ids", "normalize_rows"]
+__all__ = ["ClusterResult", "cluster_sketches", "distinct_assign", "match_ids", "normalize_rows", "site_of"]
+
+MAX_CONSTRAINED_ITER = 50
+"""Upper bound on assignment/centroid alternations (each lowers the objective; it stops far earlier)."""
+
+
+def site_of(key: str) -> str:
+    """The site part of a slot key ``"site/index"`` (the whole key if it has no ``/``)."""
+    return key.rpartition("/")[0] or key
 
 
 @dataclass(frozen=True)
@@ -34,12 +52,18 @@ class ClusterResult:
     """One round's clustering: ``labels[key]`` is the stable cluster id in ``0 .. k-1``.
 
     ``centroids[cid]`` is the centroid (in the clustered space) of cluster
-    ``cid``; ids that are unused this round are absent.
+    ``cid``; ids that are unused this round are absent. ``crowded``: sites
+    with more slots than clusters (the distinct-cluster constraint could not
+    hold for them); ``moved``: slots the constraint moved away from their
+    unconstrained K-means cluster. Both describe this round only and are not
+    checkpointed.
     """
 
     k: int
     labels: dict[str, int] = field(default_factory=dict)
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
+    crowded: tuple[str, ...] = ()
+    moved: int = 0
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -69,6 +93,7 @@ def cluster_sketches(
     n_init: int = 10,
     seed: int = 0,
     previous: ClusterResult | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> ClusterResult:
     """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
 
@@ -79,6 +104,8 @@ def cluster_sketches(
     informative as deltas in round 0 and keeps them stable later. The
     K-means run is seeded by ``seed`` (the caller derives it from the plan
     and the round) so every replay of a round gives the same clusters.
+    ``groups`` (slot key -> site) turns on the distinct-cluster constraint
+    per site (see the module doc); keys missing from it form their own group.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -91,10 +118,67 @@ def cluster_sketches(
     if normalize:
         x = normalize_rows(x)
     raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)
+    crowded: tuple[str, ...] = ()
+    moved = 0
+    if groups is not None:
+        names = [groups.get(key, key) for key in keys]
+        k_eff = min(k, x.shape[0])
+        refined, crowded = distinct_assign(x, raw, names, k_eff)
+        moved = int(np.sum(refined != raw))
+        raw = _compact(refined)
     ids = match_ids(keys, raw, k, previous)
     labels = {key: ids[int(r)] for key, r in zip(keys, raw, strict=True)}
     centroids = {ids[int(r)]: x[raw == r].mean(axis=0) for r in np.unique(raw)}
-    return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())))
+    return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())), crowded=crowded, moved=moved)
+
+
+def distinct_assign(
+    x: np.ndarray, labels: np.ndarray, groups: Sequence[str], k: int
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Refine ``labels`` (in ``0 .. k-1``) so that rows of one group sit in distinct clusters.
+
+    Alternates (a) per group, a minimum-cost matching of its rows to distinct
+    centroids (squared Euclidean distance; a group with more rows than ``k``
+    gets each centroid at most ``ceil(rows / k)`` times) and (b) centroid
+    updates (an emptied cluster keeps its centroid), until the labels stop
+    changing. Deterministic: no randomness, ties broken by row and column
+    order. Returns the new labels and the groups with more rows than ``k``.
+    """
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    if x.shape[0] == 0 or k < 1:
+        return labels, ()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    crowded = tuple(sorted(g for g, rows in members.items() if len(rows) > k))
+    if k == 1:
+        return np.zeros_like(labels), crowded
+    multi = [rows for rows in members.values() if len(rows) > 1]
+    centroids = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c) else x[c % x.shape[0]]
+                          for c in range(k)])
+    for _ in range(MAX_CONSTRAINED_ITER):
+        new = labels.copy()
+        d2 = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+        for rows in multi:
+            reps = -(-len(rows) // k)  # ceil: how often each centroid may be used by this group
+            cost = np.tile(d2[rows], (1, reps))
+            r_idx, c_idx = linear_sum_assignment(cost)
+            new[np.asarray(rows)[r_idx]] = c_idx % k
+        for i in (i for rows in members.values() if len(rows) == 1 for i in rows):
+            new[i] = int(np.argmin(d2[i]))
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            if np.any(labels == c):
+                centroids[c] = x[labels == c].mean(axis=0)
+    return labels, crowded
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to ``0 .. m-1`` in order of value (empty clusters dropped)."""
+    _, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
 
 
 def _stack(keys: Sequence[str], sketches: Mapping[str, np.ndarray]) -> np.ndarray:

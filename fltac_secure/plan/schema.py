@@ -157,6 +157,13 @@ class Clustering(Strict):
         "because members share their cluster's start), its LoRA part only, or its change during this "
         "round's local training (delta from the round's start; drifts apart as training converges).",
     )
+    distinct_per_site: bool = Field(
+        default=True,
+        description="Put a site's task slots in distinct clusters (they are different tasks by construction): "
+        "after K-means, each site's slots are matched to distinct centroids (Hungarian assignment), "
+        "alternating with centroid updates. Uses only what the aggregator already knows (which site sent "
+        "which slots). A site with more slots than clusters is reported and some of its slots share one.",
+    )
 
 
 class Aggregation(Strict):

@@ -141,6 +141,7 @@ class FLTAC(Method):
             train_steps=steps,
             sketches=sketches,
             labels=dict(assignment.labels),
+            extra={"constraint_moved": assignment.clusters.moved, "crowded_sites": list(assignment.clusters.crowded)},
         )
 
     @property

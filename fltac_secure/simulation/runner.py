@@ -121,6 +121,7 @@ def _one_round(runner: Method, r: int, advance: Callable[[], None], *, evaluate:
     }
     if outcome.labels is not None:
         rec.update(clustering_metrics(runner.ctx, outcome.labels))
+        rec.update(outcome.extra)
         history.append({"round": r, "sketches": outcome.sketches, "labels": outcome.labels, "ari": rec["ari"]})
     if evaluate:
         t1 = time.perf_counter()
