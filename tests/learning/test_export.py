@@ -60,7 +60,7 @@ def test_export_loads_with_peft_and_gives_identical_logits(trained: SlotModel, t
     mask = b["attention_mask"].unsqueeze(-1).float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     head = load_file(out / "head.safetensors")
-    logits = pooled @ head["weight"].T + head["bias"]
+    logits = pooled @ head["head.weight"].T + head["head.bias"]
     assert torch.allclose(logits, expected, atol=1e-5)
 
 
