@@ -33,6 +33,7 @@ class FederatedData:
     site_test: dict[str, dict[str, TaskDataset]]
     test: dict[str, TaskDataset]
     sites: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.sites:

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from fltac_secure.data.dataset import TaskDataset
@@ -145,26 +146,76 @@ def load_site_data(site: Site, plan: Plan) -> tuple[dict[str, TaskDataset], dict
     return train, test
 
 
-def load_federated_dir(plan: Plan, data_dir: Path) -> FederatedData:
-    """Read back a folder written by ``prepare_demo``, through each roster site's site file."""
+def load_federated_dir(plan: Plan, data_dir: Path, *, test_dir: Path | None = None) -> FederatedData:
+    """Read a folder laid out as above (written by ``prepare_demo`` or by hand with your own data).
+
+    Every roster site needs ``<data_dir>/<site>/site.yaml``; a task's global
+    test set is ``<test_dir>/<task>.csv`` (default ``<data_dir>/test``), or when
+    that file is absent the union of the sites' local test files for the task
+    (see ``load_sites``).
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} does not exist; create it with `fltac data prepare-demo`")
+        raise DataError(f"data folder {data_dir} does not exist; give a folder with <site>/site.yaml per roster site "
+                        "(`fltac data prepare-demo` writes one for plans with demo sources)")
+    missing = [str(data_dir / s / SITE_FILE) for s in plan.roster if not (data_dir / s / SITE_FILE).is_file()]
+    if missing:
+        raise DataError(f"site file(s) {', '.join(missing)} missing: the data folder needs <site>/{SITE_FILE} for "
+                        "every roster site; add them, or pass the site files you have with --site")
+    return load_sites(plan, [data_dir / s / SITE_FILE for s in plan.roster],
+                      test_dir=data_dir / TEST_DIR if test_dir is None else test_dir)
+
+
+def load_sites(plan: Plan, site_files: list[Path], *, test_dir: Path | None = None) -> FederatedData:
+    """A federation's data from the collaborators' own site files, read as each site reads its own.
+
+    Each file is loaded with ``load_site`` against the plan and its data with
+    ``load_site_data`` (what ``fltac collaborator start`` does), so a
+    simulation on these files trains exactly what the networked sites train.
+    Roster sites without a file sit out. A task's global test set is
+    ``test_dir/<task>.csv`` if it exists, else the union of the sites' local
+    test files for that task (``FederatedData.notes`` says which was used).
+    """
+    if not site_files:
+        raise DataError("no site files given; pass one --site FILE per collaborator")
     train: dict[str, dict[str, TaskDataset]] = {}
     site_test: dict[str, dict[str, TaskDataset]] = {}
-    for s in plan.roster:
-        path = data_dir / s / SITE_FILE
+    seen: dict[str, Path] = {}
+    for path in site_files:
+        path = Path(path)
         if not path.is_file():
-            raise DataError(f"site file {path} is missing; re-run `fltac data prepare-demo` with this plan")
-        tr, te = load_site_data(load_site(path, plan), plan)
-        if tr:
-            train[s] = tr
+            raise DataError(f"site file {path} does not exist; check the path")
+        site = load_site(path, plan)
+        if site.role != "collaborator":
+            raise DataError(f"site file {path} is for role {site.role!r}; give the collaborators' site files")
+        if site.name in seen:
+            raise DataError(f"site {site.name!r} is in both {seen[site.name]} and {path}; give each site once")
+        seen[site.name] = path
+        tr, te = load_site_data(site, plan)
+        train[site.name] = {t.name: tr[t.name] for t in plan.tasks if t.name in tr}  # plan order, as slots are
         if te:
-            site_test[s] = te
-    test = {}
+            site_test[site.name] = te
+    test, notes = _global_tests(plan, site_test, test_dir)
+    order = [s for s in plan.roster if s in seen]
+    return FederatedData({s: train[s] for s in order}, {s: site_test[s] for s in order if s in site_test}, test,
+                         sites=order, notes=notes)
+
+
+def _global_tests(plan: Plan, site_test: dict[str, dict[str, TaskDataset]],
+                  test_dir: Path | None) -> tuple[dict[str, TaskDataset], list[str]]:
+    test: dict[str, TaskDataset] = {}
+    notes: list[str] = []
     for task in plan.tasks:
-        path = data_dir / TEST_DIR / f"{task.name}.csv"
-        if not path.is_file():
-            raise DataError(f"global test file {path} is missing; re-run `fltac data prepare-demo` with this plan")
-        test[task.name] = load_task_file(path, task)
-    return FederatedData(train, site_test, test, sites=list(plan.roster))
+        path = None if test_dir is None else Path(test_dir) / f"{task.name}.csv"
+        if path is not None and path.is_file():
+            test[task.name] = load_task_file(path, task)
+            continue
+        parts = [(s, per[task.name]) for s, per in site_test.items() if task.name in per and len(per[task.name])]
+        if not parts:
+            where = f"{path} or " if path is not None else ""
+            raise DataError(f"no test data for task {task.name!r}: add {where}a 'test' file for it in a site file")
+        test[task.name] = TaskDataset(task.name, [x for _, d in parts for x in d.texts],
+                                      np.concatenate([d.labels for _, d in parts]))
+        notes.append(f"task {task.name!r}: global test set = the local test files of {len(parts)} site(s) "
+                     f"({len(test[task.name])} examples)" + (f"; no {path}" if path is not None else ""))
+    return test, notes

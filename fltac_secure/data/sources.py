@@ -195,7 +195,8 @@ def load_demo_task(task: Task, *, max_examples: int | None = None, seed: int = 0
     if task.demo_source is None:
         raise DataError(
             f"task {task.name!r} has no demo_source; set one in the plan (news, spam, sentiment, "
-            "langid, synthetic) or give the site its own data files"
+            "langid, synthetic) to use shipped data, or bring your own: list the task's files under data: in each "
+            "site file (`fltac simulate --site FILE ...` reads them too)"
         )
     if task.derive is not None:  # relabelled or paired texts (bench-conflict)
         from fltac_secure.data.derived import load_derived_task

@@ -66,12 +66,31 @@ def test_loopback_equals_simulation(normal_run: tuple[Fed, dict[str, Any]]) -> N
     assert any(np.abs(v - init).max() > 1e-4 for v in run["state"].vectors.values())
 
 
+def test_loopback_equals_simulation_on_the_sites_own_files(normal_run: tuple[Fed, dict[str, Any]]) -> None:
+    """`fltac simulate --site FILE ...` (each site file read as its collaborator reads it) = the networked run."""
+    from fltac_secure.data.layout import SITE_FILE, load_sites
+    from fltac_secure.simulation.context import SimContext
+    from fltac_secure.simulation.methods import FLTAC
+
+    fed, run = normal_run
+    files = [folder / SITE_FILE for folder in fed.layout.sites.values()]
+    method = FLTAC(SimContext(fed.plan, load_sites(fed.plan, files)))
+    labels = [dict(method.run_round(r).labels or {}) for r in range(fed.plan.rounds)]
+    assert [row["clusters"] for row in run["history"]] == labels
+    assert_same_state(run["state"], method.state)
+
+
 def test_outputs_on_both_sides(normal_run: tuple[Fed, dict[str, Any]]) -> None:
     fed, run = normal_run
     out = fed.layout.aggregator / "out"
     assert (out / "clusters.json").is_file() and (out / "metrics.jsonl").is_file()
     exported = sorted(p.name for p in out.glob("cluster_*") if (p / "adapter_model.safetensors").is_file())
     assert exported == [f"cluster_{c}" for c in sorted(run["state"].cluster_vectors)]
+    for name in exported:  # the plan shares no task names: the folder says who is in it and how to map it
+        meta = json.loads((out / name / "fltac.json").read_text())
+        cid = int(name.split("_")[1])
+        assert meta["members"] == sorted(k for k, c in run["state"].clusters.labels.items() if c == cid)
+        assert meta["task"] is None and "share_task_names" in meta["how_to_map"]
     assert (fed.layout.aggregator / "plan.yaml").is_file()
     assert (fed.layout.aggregator / "state" / "checkpoint.json").is_file()
     for name, folder in fed.layout.sites.items():
