@@ -61,7 +61,8 @@ def results_name(plan_path: Path) -> str:
     return "accuracy" if stem == "bench-4task" else "accuracy-" + stem.removeprefix("bench-")
 
 
-def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None, seed: int) -> Any:
+def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None, seed: int,
+              clustering: dict[str, Any] | None = None) -> Any:
     from fltac_secure.plan import load_plan
     from fltac_secure.plan.schema import Plan
 
@@ -73,6 +74,7 @@ def make_plan(base: Path, size: dict[str, int], rank: int, features: str | None,
     raw["partition"].update(max_examples_per_task=size["max_examples"], seed=seed)
     if features:
         raw["clustering"]["features"] = features
+    raw["clustering"].update(clustering or {})
     return Plan.model_validate(raw)
 
 
@@ -131,7 +133,14 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--results", type=Path, default=None,
                     help="where to write (default benchmarks/results; with --quick: WORK/results)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a clustering setting, e.g. --set distinct_per_site=false (repeatable)")
+    ap.add_argument("--name", default=None, help="results file stem (default: from the plan, e.g. accuracy)")
     args = ap.parse_args()
+    args.clustering = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        args.clustering[key] = {"true": True, "false": False}.get(value.lower(), value)
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.results is None:
@@ -152,8 +161,8 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    name = results_name(args.plan)
-    base = make_plan(args.plan, size, 1, args.features, 0)
+    name = args.name or results_name(args.plan)
+    base = make_plan(args.plan, size, 1, args.features, 0, args.clustering)
     meta = {
         "plan": base.federation,
         "tasks": [t.name for t in base.tasks],
@@ -162,11 +171,13 @@ def main() -> None:
                  f"max {size['max_seq_length']} tokens, <= {size['max_examples']} examples per task, "
                  f"global test sets capped at {size['test_cap']} per task, lr {base.training.learning_rate}, "
                  f"clustering features {base.clustering.features}, center {base.clustering.center}, "
-                 f"normalize {base.clustering.normalize}, sketch dim {base.clustering.sketch_dim}, "
+                 f"normalize {base.clustering.normalize}, distinct_per_site {base.clustering.distinct_per_site}, "
+                 f"sketch dim {base.clustering.sketch_dim}, "
                  f"secure aggregation {'on' if base.secure_aggregation.enabled else 'off'}",
         "command": f"python benchmarks/accuracy.py --plan {args.plan.relative_to(ROOT) if args.plan.is_absolute() and args.plan.is_relative_to(ROOT) else args.plan}"
                    f" --seeds {args.seeds}" + (" --quick" if args.quick else "")
-                   + (f" --features {args.features}" if args.features else ""),
+                   + (f" --features {args.features}" if args.features else "")
+                   + "".join(f" --set {x}" for x in args.set) + (f" --name {args.name}" if args.name else ""),
         "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
     }
     args.results.mkdir(parents=True, exist_ok=True)
@@ -182,11 +193,11 @@ def main() -> None:
         todo = [n for n in names if not (args.resume and str(seed) in results.get(n, {}).get("per_seed", {}))]
         if not todo:
             continue
-        data = cap_tests(build_federated_data(make_plan(args.plan, size, 1, args.features, seed)),
+        data = cap_tests(build_federated_data(make_plan(args.plan, size, 1, args.features, seed, args.clustering)),
                          size["test_cap"], seed)
         contexts: dict[int, Any] = {}
         for vname in todo:
-            plan = make_plan(args.plan, size, VARIANTS[vname][1], args.features, seed)
+            plan = make_plan(args.plan, size, VARIANTS[vname][1], args.features, seed, args.clustering)
             ctx = contexts.setdefault(plan.model.lora.rank, SimContext(plan, data))
             print(f"[{time.strftime('%H:%M:%S')}] {vname} seed {seed} ...", flush=True)
             shot = args.results / f"{name}_clusters_{vname}.png" if seed == 0 else None

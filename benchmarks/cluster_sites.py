@@ -43,7 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "delta-warm": {"features": "delta", "distinct_per_site": True, "warm_start": True},
     "after": {},
 }
-FULL = {"sites": [10, 50, 100], "rounds": 4, "local_steps": 5, "max_seq_length": 24, "batch_size": 8,
+FULL = {"sites": [10, 50, 100], "rounds": 3, "local_steps": 5, "max_seq_length": 16, "batch_size": 8,
         "max_examples": 2000, "test_cap": 200, "min_share": 0.005}
 QUICK = {"sites": [10, 20], "rounds": 3, "local_steps": 3, "max_seq_length": 24, "batch_size": 8,
          "max_examples": 600, "test_cap": 60, "min_share": 0.01}

@@ -91,6 +91,13 @@ def simulate(
             rec = _one_round(runner, r, advance, evaluate=(r + 1) % eval_every == 0 or r + 1 == plan.rounds,
                              site_eval=site_eval, history=history)
             records.append(rec)
+            if progress and rec.get("crowded_sites"):
+                from rich.console import Console
+
+                from fltac_secure.federation.rounds import crowded_warning
+
+                Console(stderr=True).print(f"warning: {crowded_warning(r, rec['crowded_sites'], list(ctx.key_task), plan.k)}",
+                                           soft_wrap=True, highlight=False)
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(rec, sort_keys=True) + "\n")
     result = SimulationResult(method, out, records)

@@ -114,3 +114,15 @@ def test_bad_own_data_is_one_clear_line(own: Path, tmp_path: Path, case: str,
     code, out = _run(capsys, "--plan", str(own / "plan.yaml"), *args, "--out", str(tmp_path / "sim"))
     assert code == 2, out
     assert want in out and "Traceback" not in out
+
+
+def test_a_site_with_more_tasks_than_clusters_is_reported(own: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "k1.yaml"
+    plan.write_text(yaml.safe_dump({**PLAN, "rounds": 1, "clustering": {**PLAN["clustering"], "k": 1}}))
+    sites = [a for s in HOLDS for a in ("--site", str(own / s / "site.yaml"))]
+    code, out = _run(capsys, "--plan", str(plan), *sites, "--out", str(tmp_path / "sim"))
+    assert code == 0, out
+    assert "north (2 slots)" in out and "raise clustering.k to at least 2" in out
+    row = json.loads((tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["crowded_sites"] == ["north"]
