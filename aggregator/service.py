@@ -318,7 +318,8 @@ class Aggregator:
             return f"{len(sketched)} site(s) sent sketches within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
         sketches, counts = self._collect_sketches(sketch_phase, sketched)
         assignment = server_assign(state, sketches, self.plan)
-        moved = f" (one cluster per slot of a site: moved {assignment.clusters.moved})" if assignment.clusters.moved else ""
+        moved = (f" ({assignment.clusters.moved} slot(s) moved so that a site's slots sit in distinct clusters)"
+                 if assignment.clusters.moved else "")
         self.log.info(f"round {r}: clustered {len(sketches)} slot sketches into "
                       f"{len(set(assignment.labels.values()))} cluster(s){moved}; ASSIGNMENT out")
         if assignment.clusters.crowded:

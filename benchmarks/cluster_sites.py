@@ -37,11 +37,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": {"features": "full", "distinct_per_site": False, "warm_start": False},
-    "distinct": {"features": "full", "distinct_per_site": True, "warm_start": False},
-    "delta": {"features": "delta", "distinct_per_site": True, "warm_start": False},
-    "delta-warm": {"features": "delta", "distinct_per_site": True, "warm_start": True},
-    "after": {},
+    "before": {"features": "full", "sketch_dim": 64, "distinct_per_site": False},
+    "distinct": {"features": "full", "sketch_dim": 64, "distinct_per_site": True},
+    "after": {"features": "delta", "sketch_dim": 1024, "distinct_per_site": True},
 }
 FULL = {"sites": [10, 50, 100], "rounds": 3, "local_steps": 5, "max_seq_length": 16, "batch_size": 8,
         "max_examples": 2000, "test_cap": 200, "min_share": 0.005}

@@ -266,7 +266,6 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         seed=derive_seed("kmeans", c.seed, state.round),
         previous=state.clusters,
         groups={key: site_of(key) for key in sketches} if c.distinct_per_site else None,
-        warm_start=c.warm_start,
     )
     return Assignment(round=state.round, clusters=result)
 

@@ -54,9 +54,8 @@ class ClusterResult:
     ``centroids[cid]`` is the centroid (in the clustered space) of cluster
     ``cid``; ids that are unused this round are absent. ``crowded``: sites
     with more slots than clusters (the distinct-cluster constraint could not
-    hold for them); ``moved``: slots the refinement moved (away from their
-    unconstrained K-means cluster, or with a warm start from their previous
-    round's cluster). Both describe this round only and are not
+    hold for them); ``moved``: slots the constraint moved away from their
+    unconstrained K-means cluster. Both describe this round only and are not
     checkpointed.
     """
 
@@ -95,7 +94,6 @@ def cluster_sketches(
     seed: int = 0,
     previous: ClusterResult | None = None,
     groups: Mapping[str, str] | None = None,
-    warm_start: bool = False,
 ) -> ClusterResult:
     """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
 
@@ -108,11 +106,6 @@ def cluster_sketches(
     and the round) so every replay of a round gives the same clusters.
     ``groups`` (slot key -> site) turns on the distinct-cluster constraint
     per site (see the module doc); keys missing from it form their own group.
-    ``warm_start`` (with a ``previous`` round that shares keys): no random
-    restarts; Lloyd iterations start from the previous round's partition
-    (each cluster's centroid = this round's mean sketch of its previous
-    members, new keys join the nearest), so the clusters change only where
-    this round's sketches pull a slot to another cluster.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -124,14 +117,12 @@ def cluster_sketches(
         x = x - x.mean(axis=0, keepdims=True)
     if normalize:
         x = normalize_rows(x)
-    start = _warm_labels(keys, x, k, previous) if warm_start else None
-    raw = start if start is not None else _kmeans_labels(x, k, n_init=n_init, seed=seed)
+    raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)
     crowded: tuple[str, ...] = ()
     moved = 0
-    if groups is not None or start is not None:
-        names = [groups.get(key, key) for key in keys] if groups is not None else list(keys)
-        k_eff = k if start is not None else min(k, x.shape[0])
-        refined, crowded = distinct_assign(x, raw, names, k_eff)
+    if groups is not None:
+        names = [groups.get(key, key) for key in keys]
+        refined, crowded = distinct_assign(x, raw, names, min(k, x.shape[0]))
         moved = int(np.sum(refined != raw))
         raw = _compact(refined)
     ids = match_ids(keys, raw, k, previous)
@@ -181,25 +172,6 @@ def distinct_assign(
             if np.any(labels == c):
                 centroids[c] = x[labels == c].mean(axis=0)
     return labels, crowded
-
-
-def _warm_labels(keys: Sequence[str], x: np.ndarray, k: int, previous: ClusterResult | None) -> np.ndarray | None:
-    """Initial labels from ``previous`` (ids in ``0 .. k-1``); keys it lacks join the nearest such centroid.
-
-    None when there is no usable previous round (round 0, or no key in common): then K-means starts fresh.
-    """
-    if previous is None:
-        return None
-    labels = np.array([previous.labels.get(key, -1) for key in keys], dtype=np.int64)
-    labels[(labels < 0) | (labels >= k)] = -1
-    known = labels >= 0
-    if not known.any():
-        return None
-    ids = np.unique(labels[known])
-    cents = np.stack([x[labels == c].mean(axis=0) for c in ids])
-    for i in np.flatnonzero(~known):
-        labels[i] = ids[int(np.argmin(((cents - x[i]) ** 2).sum(axis=1)))]
-    return labels
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:

@@ -164,13 +164,6 @@ class Clustering(Strict):
         "alternating with centroid updates. Uses only what the aggregator already knows (which site sent "
         "which slots). A site with more slots than clusters is reported and some of its slots share one.",
     )
-    warm_start: bool = Field(
-        default=False,
-        description="From round 1 on, start K-means from the previous round's clusters (each centroid: this "
-        "round's mean sketch of its previous members) instead of random restarts, so clusters change only where "
-        "this round's sketches pull a slot elsewhere. With features delta, a slot whose local update points to "
-        "another task's cluster moves there: a round-0 mistake can be corrected later.",
-    )
 
 
 class Aggregation(Strict):
