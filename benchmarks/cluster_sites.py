@@ -94,7 +94,9 @@ def collisions(labels: dict[str, int]) -> int:
 
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = ["# Clustering over rounds at 10 / 50 / 100 simulated sites", "",
-             f"Setup: {meta['setup']}", f"Command: `{meta['command']}`; machine: {meta['machine']}.", "",
+             f"Setup: {meta['setup']} (each run's rounds: the ARI columns)",
+             "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))
+             + f"; machine: {meta['machine']}.", "",
              "| sites (slots) | variant | ARI per round | sites with 2 slots in 1 cluster, per round | "
              "mean acc | " + " | ".join(meta["tasks"]) + " | wall s |",
              "|---|---|---|---|---:|" + "---:|" * (len(meta["tasks"]) + 1)]
@@ -105,6 +107,14 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(f"| {run['sites']} ({run['slots']}) | {run['variant']} | {aris} | {coll} | "
                      f"{run['mean_accuracy']:.3f} | {accs} | {run['wall_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def _same_setup(a: str, b: str) -> bool:
+    """Setups equal up to the number of rounds (each run records its own rounds)."""
+    import re
+
+    strip = lambda s: re.sub(r"\d+ rounds, ", "", s)  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def main() -> None:
@@ -140,15 +150,18 @@ def main() -> None:
                  f"max {size['max_seq_length']} tokens, <= {size['max_examples']} examples per task, "
                  f"test sets capped at {size['test_cap']} per task",
         "command": "python benchmarks/cluster_sites.py" + (" --quick" if args.quick else "")
-                   + (f" --sites {args.sites}" if args.sites else "") + f" --variants {args.variants}",
+                   + (f" --sites {args.sites}" if args.sites else "") + f" --variants {args.variants}"
+                   + (f" --rounds {args.rounds}" if args.rounds else "") + (" --resume" if args.resume else ""),
         "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
     }
     out_json = args.out.with_suffix(".json")
     results: dict[str, Any] = {}
     if args.resume and out_json.exists():
         old = json.loads(out_json.read_text())
-        if old["meta"]["setup"] == meta["setup"]:
+        if _same_setup(old["meta"]["setup"], meta["setup"]):  # runs of other round counts are kept, and say so
             results = old["runs"]
+            meta["commands"] = [c for c in old["meta"].get("commands", [old["meta"]["command"]]) if c != meta["command"]]
+    meta["commands"] = [*meta.get("commands", []), meta["command"]]
     for n in sites:
         todo = [v for v in variants if f"{n}/{v}" not in results]
         if not todo:
@@ -162,7 +175,7 @@ def main() -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {n} sites ({slots} slots), {v}", flush=True)
             run = run_one(make_plan(args.plan, size, n, VARIANTS[v]), ctx)
             results[f"{n}/{v}"] = {"sites": n, "active_sites": len(ctx.sites), "slots": slots, "variant": v,
-                                   "clustering": VARIANTS[v], **run}
+                                   "rounds_run": size["rounds"], "clustering": VARIANTS[v], **run}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
             args.out.with_suffix(".md").write_text(markdown(results, meta))
