@@ -11,11 +11,12 @@ task's accuracy on its global test set (capped).
 
 Variants (plan ``clustering`` settings):
 
-- ``before``: K-means on the sketches of the full adapter vectors, no per-site
-  constraint (the behaviour before issue 15).
+- ``before``: K-means on 64-number sketches of the full adapter vectors, no
+  per-site constraint (the behaviour before issue 15).
 - ``distinct``: the same plus the per-site constraint (a site's slots go to
   distinct clusters).
-- ``after``: the plan default now (see ``fltac_secure/learning/cluster.py``).
+- ``after``: the default now: sketches (1024 numbers) of each round's local
+  update (delta), with the per-site constraint.
 
     .venv/bin/python benchmarks/cluster_sites.py                 # 10, 50, 100 sites (long: see results)
     .venv/bin/python benchmarks/cluster_sites.py --quick         # 10 and 20 sites, 3 rounds: minutes
@@ -100,6 +101,9 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
              "| sites (slots) | variant | ARI per round | sites with 2 slots in 1 cluster, per round | "
              "mean acc | " + " | ".join(meta["tasks"]) + " | wall s |",
              "|---|---|---|---|---:|" + "---:|" * (len(meta["tasks"]) + 1)]
+    legend = {run["variant"]: run.get("clustering", {}) for run in results.values()}
+    lines[4:4] = ["Variants (clustering settings): " + "; ".join(
+        f"{v}: " + ", ".join(f"{k} {x}" for k, x in c.items()) for v, c in legend.items()), ""]
     for run in results.values():
         aris = " ".join(f"{x['ari']:.3f}" for x in run["rounds"])
         coll = " ".join(str(x["collisions"]) for x in run["rounds"])
