@@ -160,8 +160,10 @@ def load_federated_dir(plan: Plan, data_dir: Path, *, test_dir: Path | None = No
                         "(`fltac data prepare-demo` writes one for plans with demo sources)")
     missing = [str(data_dir / s / SITE_FILE) for s in plan.roster if not (data_dir / s / SITE_FILE).is_file()]
     if missing:
-        raise DataError(f"site file(s) {', '.join(missing)} missing: the data folder needs <site>/{SITE_FILE} for "
-                        "every roster site; add them, or pass the site files you have with --site")
+        more = f" (and {len(missing) - 1} more roster site(s))" if len(missing) > 1 else ""
+        raise DataError(f"site file {missing[0]} is missing{more}: the data folder needs "
+                        f"<site>/{SITE_FILE} for every roster site; add them, or pass the site files you have "
+                        "with `fltac simulate --site`")
     return load_sites(plan, [data_dir / s / SITE_FILE for s in plan.roster],
                       test_dir=data_dir / TEST_DIR if test_dir is None else test_dir)
 
