@@ -97,7 +97,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = ["# Clustering over rounds at 10 / 50 / 100 simulated sites", "",
              f"Setup: {meta['setup']} (each run's rounds: the ARI columns)",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))
-             + f"; machine: {meta['machine']}.", "",
+             + f"; machine: {meta['machine']}.", *meta.get("notes", []), "",
              "| sites (slots) | variant | ARI per round | sites with 2 slots in 1 cluster, per round | "
              "mean acc | " + " | ".join(meta["tasks"]) + " | wall s |",
              "|---|---|---|---|---:|" + "---:|" * (len(meta["tasks"]) + 1)]
@@ -165,6 +165,7 @@ def main() -> None:
         if _same_setup(old["meta"]["setup"], meta["setup"]):  # runs of other round counts are kept, and say so
             results = old["runs"]
             meta["commands"] = [c for c in old["meta"].get("commands", [old["meta"]["command"]]) if c != meta["command"]]
+            meta["notes"] = old["meta"].get("notes", [])
     meta["commands"] = [*meta.get("commands", []), meta["command"]]
     for n in sites:
         todo = [v for v in variants if f"{n}/{v}" not in results]
