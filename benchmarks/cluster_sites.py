@@ -15,8 +15,9 @@ Variants (plan ``clustering`` settings):
   per-site constraint (the behaviour before issue 15).
 - ``distinct``: the same plus the per-site constraint (a site's slots go to
   distinct clusters).
-- ``after``: the default now: sketches (1024 numbers) of each round's local
-  update (delta), with the per-site constraint.
+- ``after``: sketches (1024 numbers) of each round's local update
+  (``features: delta``), with the per-site constraint: the setting that lets
+  later rounds correct round 0 (not the default; see the README).
 
     .venv/bin/python benchmarks/cluster_sites.py                 # 10, 50, 100 sites (long: see results)
     .venv/bin/python benchmarks/cluster_sites.py --quick         # 10 and 20 sites, 3 rounds: minutes
