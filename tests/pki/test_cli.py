@@ -12,18 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fltac_secure.cli import main
+from cli_run import fltac
 
-
-def fltac(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process like the console script does; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def fingerprint_of(out: str) -> str:

@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fltac_secure.cli import main
+from cli_run import fltac
+
 from fltac_secure.plan import DEMO_PLAN, load_plan, load_site
 from fltac_secure.plan.site import CertPaths, Site, TaskData
-
-
-def fltac(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("role", ["aggregator", "collaborator"])
