@@ -136,7 +136,7 @@ def secure_round(
     certs = agg.site.certs
     verifier = PeerVerifier.from_files(certs.ca, plan.roster, certs.crl)  # re-read each round: revocations count
     attempt = secrets.randbelow(2**31)
-    labels = {k: c for k, c in assignment.labels.items() if k.rpartition("/")[0] in sites}
+    labels = assignment.labels  # the sketched slots, i.e. those of ``sites``
     sr = plan_secure_round(plan, agg.hash, r, attempt, labels, counts, agg.shapes.vector_size)
     for c, why in sr.skipped.items():
         agg.log.info(f"round {r}: cluster {c} is not securely summed ({why})")
@@ -153,9 +153,7 @@ def secure_round(
         results = run.run(assignment_for, sites)
     finally:
         agg.secure = None
-    sub = Assignment(r, assignment.clusters.__class__(k=assignment.clusters.k, labels=labels,
-                                                      centroids=assignment.clusters.centroids))  # fmt: skip
-    new, report = secure_outcome(state, sub, sr, results)
+    new, report = secure_outcome(state, assignment, sr, results)
     updated = updated_sites(report, sr)
     quorum = plan.quorum.min_collaborators
     if len(updated) < quorum:

@@ -173,7 +173,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _fl(row: dict[str, Any], key: str) -> dict[str, Any] | None:
+def _fl(row: dict[str, Any]) -> dict[str, Any] | None:
     fl = row.get("flower") or {}
     best = fl.get("drops_before_mask") or fl.get("same_drops")
     return best if best and "error" not in best and not best.get("aborted") else None
@@ -197,7 +197,7 @@ def report(data: dict[str, Any], out: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in data["rows"]:
-        fl = _fl(r, "same")
+        fl = _fl(r)
         dr = r["drops"]
         result = f"skipped: {r['reason']}" if r["skipped"] else f"{r['survivors']} summed"
         aborted = (r.get("flower") or {}).get("same_drops", {}).get("aborted")
@@ -230,7 +230,7 @@ def _plot(data: dict[str, Any], path: Path) -> None:
         for d in sorted({r["d"] for r in data["rows"]}):
             rows = [r for r in data["rows"] if r["d"] == d and r["dropout"] == 0.0]
             ax.plot([r["n"] for r in rows], [r[key] for r in rows], "o-", label=f"fltac D={d}")
-            fl = [(r["n"], _fl(r, "same")) for r in rows if _fl(r, "same")]
+            fl = [(r["n"], f) for r in rows if (f := _fl(r))]
             if fl:
                 vals = [f["client_seconds"]["total"] if fkey == "client" else f["server_seconds"] for _, f in fl]
                 ax.plot([n for n, _ in fl], vals, "s--", label=f"Flower SecAgg+ D={d}")
