@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 MIN_TRAIN_EXAMPLES = 10
 """Fewest training examples a task slot may have: below this its adapter learns noise, and its
-sketch and update are mostly the common start (with DP, also ``training.batch_size`` and 1/delta)."""
+sketch and update are mostly the common start (with DP, also 1/delta)."""
 
 
 def data_problems(site: Site, plan: Plan) -> list[str]:
@@ -48,9 +48,6 @@ def _count_problems(n: int, plan: Plan, path: str) -> list[str]:
     if n < MIN_TRAIN_EXAMPLES:
         out.append(f"{path} has {n} example(s); a task needs at least {MIN_TRAIN_EXAMPLES} to train on; {fix}")
     p = plan.privacy
-    if p.dp and n < plan.training.batch_size:
-        out.append(f"{path} has {n} example(s), fewer than training.batch_size = {plan.training.batch_size}, "
-                   f"which DP-SGD needs (sample rate batch_size / n <= 1); {fix}, or lower training.batch_size")
     if p.dp and p.delta >= 1 / n:
         out.append(f"{path} has {n} example(s): privacy.delta = {p.delta:g} is not below 1/n = {1 / n:.3g}, "
                    f"so the guarantee is void; lower privacy.delta, or {fix}")

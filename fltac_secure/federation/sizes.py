@@ -33,6 +33,7 @@ class ModelFacts:
     base: str
     target_modules: tuple[str, ...]
     lora_per_rank: int  # LoRA parameters at rank 1: the sum of (in + out) over the targeted linears
+    lora_b_per_rank: int  # LoRA B at rank 1 (FFA-LoRA sends B only): the sum of out over the targeted linears
     hidden: int  # the head's input width
     base_parameters: int  # every parameter of the base model
 
@@ -62,11 +63,13 @@ def model_facts(plan: Plan) -> ModelFacts:
     """The plan's model facts, worked out from the base model's config (imports torch and transformers)."""
     from fltac_secure.learning.adapters import adapter_layout
 
-    layout = adapter_layout(with_rank(plan, 1), head_width=1)
+    layout = adapter_layout(with_rank(plan, 1), head_width=1, train_a=True)
+    b_only = adapter_layout(with_rank(plan, 1), head_width=1, train_a=False)
     return ModelFacts(
         base=plan.model.base,
         target_modules=tuple(plan.model.lora.target_modules),
         lora_per_rank=layout.lora_size,
+        lora_b_per_rank=b_only.lora_size,
         hidden=layout.size - layout.lora_size - 1,  # head: 1 x hidden weights + 1 bias
         base_parameters=base_parameter_count(plan.model.base),
     )
@@ -86,7 +89,8 @@ def workspace_model_facts(workspace: Path, plan: Plan) -> ModelFacts:
     try:
         raw = json.loads((Path(workspace) / MODEL_FACTS_FILE).read_text(encoding="utf-8"))
         facts = ModelFacts(base=str(raw["base"]), target_modules=tuple(str(t) for t in raw["target_modules"]),
-                           lora_per_rank=int(raw["lora_per_rank"]), hidden=int(raw["hidden"]),
+                           lora_per_rank=int(raw["lora_per_rank"]), lora_b_per_rank=int(raw["lora_b_per_rank"]),
+                           hidden=int(raw["hidden"]),
                            base_parameters=int(raw["base_parameters"]))
     except (OSError, ValueError, KeyError, TypeError):  # missing (older workspace) or damaged: recompute
         return model_facts(plan)
@@ -96,7 +100,8 @@ def workspace_model_facts(workspace: Path, plan: Plan) -> ModelFacts:
 def model_sizes(plan: Plan, fedit_rank: int | None = None, facts: ModelFacts | None = None) -> ModelSizes:
     """FL-TAC adapter size, FedIT adapter size at ``fedit_rank`` and full-model size for ``plan``.
 
-    FedIT: one LoRA adapter at ``fedit_rank`` (default: the plan's rank) and one
+    FL-TAC: LoRA A and B, or B only with A frozen (FFA-LoRA), plus the head.
+    FedIT: one LoRA adapter (A and B, as the paper trains it) at ``fedit_rank`` (default: the plan's rank) and one
     head over the union of all tasks' labels. Full fine-tuning: every base
     parameter plus that same head.  ``facts`` defaults to working them out.
     """
@@ -105,7 +110,8 @@ def model_sizes(plan: Plan, fedit_rank: int | None = None, facts: ModelFacts | N
     total_labels = sum(t.num_labels for t in plan.tasks)
     head = total_labels * (facts.hidden + 1)
     return ModelSizes(
-        fltac_adapter=plan.model.lora.rank * facts.lora_per_rank + plan.max_labels * (facts.hidden + 1),
+        fltac_adapter=plan.model.lora.rank * (facts.lora_per_rank if plan.trains_lora_a else facts.lora_b_per_rank)
+        + plan.max_labels * (facts.hidden + 1),
         fedit_adapter=rank * facts.lora_per_rank + head,
         full_model=facts.base_parameters + head,
         fedit_rank=rank,

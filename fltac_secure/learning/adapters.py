@@ -87,21 +87,26 @@ def layout_of(entries: Mapping[str, tuple[int, ...]]) -> Layout:
     return Layout(tuple((n, tuple(int(d) for d in entries[n])) for n in sorted(entries, key=_entry_key)))
 
 
-def adapter_layout(plan: Plan, *, head_width: int | None = None) -> Layout:
-    """The plan's adapter layout, from the base model's config alone (no weights are loaded)."""
+def adapter_layout(plan: Plan, *, head_width: int | None = None, train_a: bool | None = None) -> Layout:
+    """The plan's adapter layout, from the base model's config alone (no weights are loaded).
+
+    Without LoRA A when A is frozen (``plan.trains_lora_a`` false, FFA-LoRA; ``train_a`` overrides).
+    """
     width = head_width if head_width is not None else plan.max_labels
     lora = plan.model.lora
-    return _layout(plan.model.base, tuple(lora.target_modules), lora.rank, int(width))
+    with_a = plan.trains_lora_a if train_a is None else train_a
+    return _layout(plan.model.base, tuple(lora.target_modules), lora.rank, int(width), bool(with_a))
 
 
 @functools.lru_cache(maxsize=32)
-def _layout(ref: str, targets: tuple[str, ...], rank: int, width: int) -> Layout:
+def _layout(ref: str, targets: tuple[str, ...], rank: int, width: int, with_a: bool = True) -> Layout:
     config = base_config(ref)
     with torch.device("meta"):
         skeleton = _from_config(config)
     entries: dict[str, tuple[int, ...]] = {}
     for path, linear in resolve_targets(skeleton, targets):
-        entries[f"{path}.lora_A.weight"] = (rank, linear.in_features)
+        if with_a:
+            entries[f"{path}.lora_A.weight"] = (rank, linear.in_features)
         entries[f"{path}.lora_B.weight"] = (linear.out_features, rank)
     hidden = int(config.hidden_size)
     entries["head.weight"] = (width, hidden)
@@ -177,19 +182,37 @@ def _uniform(bitgen: np.random.PCG64, n: int, bound: float) -> np.ndarray:
     return (unit * 2.0 - 1.0) * bound
 
 
-def initial_vector(plan: Plan, seed: int, *, head_width: int | None = None) -> np.ndarray:
-    """Round 0's common adapter: LoRA A ~ U(+-1/sqrt(in)) as peft initialises it, B = 0, head ~ U(+-1/sqrt(hidden)).
-
-    Computed from the layout and ``seed`` alone, so every process gets the same bits.
-    """
-    layout = adapter_layout(plan, head_width=head_width)
+def _initial_pieces(plan: Plan, seed: int, head_width: int | None) -> dict[str, np.ndarray]:
+    """Every piece of round 0's adapter, LoRA A included, drawn in the full layout's order."""
+    layout = adapter_layout(plan, head_width=head_width, train_a=True)
     bitgen = np.random.PCG64(derive_seed("initial_vector", seed, bits=63))
-    parts = []
+    pieces: dict[str, np.ndarray] = {}
     for name, shape in layout.entries:
         n = int(np.prod(shape))
         if name.endswith("lora_B.weight"):
-            parts.append(np.zeros(n))
+            flat = np.zeros(n)
         else:  # lora_A (r, in), head.weight (width, hidden), head.bias (width,) with fan-in = hidden
             fan_in = shape[1] if len(shape) == 2 else layout.entries[-2][1][1]
-            parts.append(_uniform(bitgen, n, 1.0 / float(np.sqrt(fan_in))))
-    return np.concatenate(parts).astype(np.float32)
+            flat = _uniform(bitgen, n, 1.0 / float(np.sqrt(fan_in)))
+        pieces[name] = flat.astype(np.float32).reshape(shape)
+    return pieces
+
+
+def initial_vector(plan: Plan, seed: int, *, head_width: int | None = None) -> np.ndarray:
+    """Round 0's common adapter: LoRA A ~ U(+-1/sqrt(in)) as peft initialises it, B = 0, head ~ U(+-1/sqrt(hidden)).
+
+    Computed from the layout and ``seed`` alone, so every process gets the same bits.  With LoRA A
+    frozen (FFA-LoRA) the vector leaves A out; B and the head get the same values as with A.
+    """
+    pieces = _initial_pieces(plan, seed, head_width)
+    layout = adapter_layout(plan, head_width=head_width)
+    return np.concatenate([pieces[n].reshape(-1) for n in layout.names]).astype(np.float32)
+
+
+def frozen_lora_a(plan: Plan) -> dict[str, np.ndarray]:
+    """LoRA A of FFA-LoRA: the A part of ``initial_vector(plan, plan.training.seed)``'s full draw, by canonical name.
+
+    Every site and the aggregator regenerate it from the plan alone, so A never travels.
+    """
+    pieces = _initial_pieces(plan, plan.training.seed, None)
+    return {n: a for n, a in pieces.items() if n.endswith("lora_A.weight")}

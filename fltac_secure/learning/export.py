@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file as load_np
 from safetensors.torch import save as save_torch_bytes
 
@@ -81,6 +82,8 @@ def export_peft(model: SlotModel, slot: str, out_dir: Path, *, task: Task | None
     params = model.slot_parameters(slot)
     layout = model_layout(model, slot)
     lora = {PEFT_PREFIX + n: params[n].detach().contiguous().clone() for n in layout.names if n not in HEAD_NAMES}
+    if not model.train_a:  # FFA-LoRA: the frozen shared A is not in the vector, but peft needs it
+        lora.update({PEFT_PREFIX + n: a.detach().contiguous().clone() for n, a in model.lora_a(slot).items()})
     head = {n: params[n].detach().clone() for n in HEAD_NAMES}
     public, local = base_reference(model.base_ref)
     meta = {
@@ -137,7 +140,16 @@ def load_exported(out_dir: Path, plan: Plan) -> SlotModel:
             raise StateError(f"{out_dir}/adapter_model.safetensors: unexpected tensor {key!r}")
         tensors[key[len(PEFT_PREFIX):]] = arr
     tensors.update(read_head(out_dir))
-    set_slot_vector(model, slot, tensors_to_vector(model_layout(model, slot), tensors))
+    layout = model_layout(model, slot)
+    frozen = model.lora_a(slot) if not model.train_a else {}
+    for name, param in frozen.items():  # FFA-LoRA: load the exported A into the frozen one
+        arr = tensors.pop(name, None)
+        if arr is None or tuple(arr.shape) != tuple(param.shape):
+            raise StateError(f"{out_dir}/adapter_model.safetensors lacks {name!r} (shape {tuple(param.shape)}); "
+                             "re-export the adapter")
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(param.dtype))
+    set_slot_vector(model, slot, tensors_to_vector(layout, tensors))
     return model
 
 

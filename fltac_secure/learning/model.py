@@ -10,7 +10,11 @@ adapter vectors have one length and can be clustered together; the logits a
 task does not use are masked to a large negative number, so they never win
 the argmax and get (numerically) zero probability and gradient.
 
-Opacus-friendly by construction: every ``lora_*`` parameter and every head
+With ``model.lora.train_a`` false (FFA-LoRA, the default under DP) every
+slot's LoRA A is the plan's shared seeded initialisation and stays frozen: it
+is not part of a slot's parameters, its vector, or what DP-SGD hooks.
+
+Opacus-friendly by construction: every trainable ``lora_*`` parameter and every head
 stays ``requires_grad=True`` whichever slot is active (peft's own
 ``set_adapter`` would freeze the inactive ones), and ``forward`` returns the
 logits tensor, not a dict.  Base models are loaded from disk only
@@ -248,7 +252,11 @@ class SlotModel(nn.Module):
             self.heads = nn.ModuleDict({self._internal[s]: nn.Linear(self.hidden_size, self.head_width)
                                         for s in slots})
         self._ranges = {s: self._default_range(plan, s, label_ranges) for s in slots}
+        self.train_a = plan.trains_lora_a
+        self._frozen_a: dict[str, nn.Parameter] = {}
         self._params = self._index_parameters()
+        if not self.train_a:
+            self._freeze_lora_a(plan)
         self._active = ""
         self.set_slot(slots[0])
 
@@ -280,11 +288,36 @@ class SlotModel(nn.Module):
             m = _LORA_PARAM.match(name)
             if m is None:
                 continue
+            if m["kind"] == "lora_A" and not self.train_a:  # FFA-LoRA: A is frozen and not part of the slot
+                self._frozen_a[name] = param
+                continue
             by_internal[m["adapter"]][f"{m['path']}.{m['kind']}.weight"] = param
         for internal, head in self.heads.items():
             by_internal[internal]["head.weight"] = head.weight
             by_internal[internal]["head.bias"] = head.bias
         return {s: by_internal[i] for s, i in self._internal.items()}
+
+    def _freeze_lora_a(self, plan: Plan) -> None:
+        """FFA-LoRA: every slot's A is the plan's shared seeded initialisation, frozen (see adapters.frozen_lora_a)."""
+        from fltac_secure.learning.adapters import frozen_lora_a
+
+        values = frozen_lora_a(plan)
+        with torch.no_grad():
+            for name, param in self._frozen_a.items():
+                m = _LORA_PARAM.match(name)
+                assert m is not None
+                param.copy_(torch.from_numpy(values[f"{m['path']}.lora_A.weight"]).to(param.dtype))
+                param.requires_grad_(False)
+
+    def lora_a(self, slot: str) -> dict[str, Tensor]:
+        """That slot's LoRA A tensors by canonical name (FFA-LoRA: the frozen shared ones), for export."""
+        internal = self.peft_adapter_name(slot)
+        out: dict[str, Tensor] = {}
+        for name, param in self.peft.named_parameters():
+            m = _LORA_PARAM.match(name)
+            if m is not None and m["kind"] == "lora_A" and m["adapter"] == internal:
+                out[f"{m['path']}.lora_A.weight"] = param
+        return out
 
     # public API ------------------------------------------------------------
     @property
@@ -325,6 +358,8 @@ class SlotModel(nn.Module):
         self.peft.set_adapter(self._internal[slot])
         for p in self.adapter_parameters():  # peft froze the inactive adapters; Opacus needs them all
             p.requires_grad_(True)
+        for p in self._frozen_a.values():  # peft made the active A trainable again; FFA-LoRA keeps it frozen
+            p.requires_grad_(False)
         self._active = slot
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,

@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _NAME = re.compile(NAME_RE)
 
+# The DP recipe's defaults (privacy section), chosen by measurement: benchmarks/results/dp.md.
+DP_SGD_LEARNING_RATE = 2.0
+DP_SAMPLE_RATE = 0.5
+DP_MAX_BATCH = 256
+DP_LOCAL_STEPS = 3
+
 
 class Strict(BaseModel):
     """Base for all plan sections: unknown keys are errors, values are frozen."""
@@ -128,6 +134,12 @@ class LoRA(Strict):
         min_length=1,
         description="Module names that get LoRA (the paper: attention query and value).",
     )
+    train_a: bool | None = Field(
+        default=None,
+        description="Train LoRA A (true) or freeze it (false: FFA-LoRA, Sun et al. 2024): A stays at the shared "
+        "seeded initialisation every site regenerates from training.seed, only B and the head train and travel. "
+        "Default (null): false under privacy.dp (no noise-times-noise term, half the LoRA bytes), true otherwise.",
+    )
 
 
 class Model(Strict):
@@ -181,8 +193,8 @@ class Aggregation(Strict):
 
 class Training(Strict):
     local_steps: int = Field(default=20, ge=1, description="Optimizer steps per task slot per round.")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="Examples per step (expected batch size under DP).")
-    learning_rate: float = Field(default=5e-3, gt=0, lt=10, description="AdamW learning rate.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Examples per step (DP uses privacy.sample_rate).")
+    learning_rate: float = Field(default=5e-3, gt=0, lt=10, description="AdamW learning rate (DP: privacy.learning_rate).")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_seq_length: int = Field(default=64, ge=4, le=4096, description="Tokens per example (truncated/padded).")
     eval_batch_size: int = Field(default=64, ge=1, description="Batch size for evaluation.")
@@ -198,6 +210,32 @@ class Privacy(Strict):
         default=None, gt=0, description="Privacy budget per task slot over all planned rounds; noise is derived from it."
     )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Per-example gradient clipping norm.")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd",
+        description="Optimizer under DP. sgd (DP-SGD): a coordinate moves in proportion to its noisy gradient, "
+        "so noise stays small where the signal is. adamw normalises every coordinate, turning the noise-dominated "
+        "ones into +-learning_rate steps of pure noise (kept for comparison).",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, lt=100,
+        description=f"Learning rate under DP. Default (null): {DP_SGD_LEARNING_RATE} for sgd (measured, "
+        "benchmarks/results/dp.md), training.learning_rate for adamw.",
+    )
+    sample_rate: float = Field(
+        default=DP_SAMPLE_RATE, gt=0, le=1,
+        description="Poisson sampling rate under DP: each step sees each example of the slot with this "
+        "probability. Large batches keep the noise small next to the summed gradient; capped by max_batch_size.",
+    )
+    max_batch_size: int = Field(
+        default=DP_MAX_BATCH, ge=1, le=65536,
+        description="Cap on the expected Poisson batch (compute): a slot of n examples samples at "
+        "min(sample_rate, max_batch_size / n).",
+    )
+    local_steps: int = Field(
+        default=DP_LOCAL_STEPS, ge=1, le=100000,
+        description="DP steps per task slot per round (replaces training.local_steps under DP): few large "
+        "steps spend the budget better than many small ones.",
+    )
     delta: float = Field(default=1e-5, gt=0, lt=1, description="Target delta (must be < 1/n for every slot's n).")
     accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Privacy accountant.")
     share_task_names: bool = Field(
@@ -404,6 +442,20 @@ class Plan(Strict):
     @property
     def k(self) -> int:
         return self.clustering.k if self.clustering.k is not None else len(self.tasks)
+
+    @property
+    def trains_lora_a(self) -> bool:
+        """Whether LoRA A trains and travels (model.lora.train_a; default: not under DP, FFA-LoRA)."""
+        train_a = self.model.lora.train_a
+        return (not self.privacy.dp) if train_a is None else train_a
+
+    @property
+    def dp_learning_rate(self) -> float:
+        """The learning rate of DP training (privacy.learning_rate, or the optimizer's default)."""
+        p = self.privacy
+        if p.learning_rate is not None:
+            return p.learning_rate
+        return DP_SGD_LEARNING_RATE if p.optimizer == "sgd" else self.training.learning_rate
 
     @property
     def max_labels(self) -> int:

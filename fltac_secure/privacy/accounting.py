@@ -147,16 +147,20 @@ class SlotAccountant:
         return f"SlotAccountant({self.mechanism!r}, {self._history!r})"
 
 
-def sample_rate(batch_size: int, data_size: int) -> float:
-    """Poisson sampling rate q = expected batch size / n; refuses a batch larger than the data."""
+def sample_rate(rate: float, max_batch: int, data_size: int) -> float:
+    """Poisson sampling rate of a slot of ``data_size`` examples: ``min(rate, max_batch / n)``.
+
+    ``rate`` is ``privacy.sample_rate`` (a large fraction of the slot: large batches keep the noise
+    small next to the summed gradient), ``max_batch`` is ``privacy.max_batch_size`` (bounds the
+    compute of one step on a large slot).
+    """
     if data_size < 1:
         raise PrivacyError(f"a DP task slot needs at least one example, got data size {data_size}")
-    if batch_size > data_size:
-        raise PrivacyError(
-            f"training.batch_size = {batch_size} is larger than this slot's data size {data_size}; "
-            "lower training.batch_size (the DP sample rate batch_size / n must be at most 1)"
-        )
-    return batch_size / data_size
+    if not (0 < rate <= 1):
+        raise PrivacyError(f"privacy.sample_rate = {rate} must be in (0, 1]")
+    if max_batch < 1:
+        raise PrivacyError(f"privacy.max_batch_size = {max_batch} must be at least 1")
+    return min(float(rate), max_batch / data_size)
 
 
 def noise_for_target(target_epsilon: float, delta: float, rate: float, steps: int, mechanism: str) -> float:

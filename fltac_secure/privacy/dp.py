@@ -5,9 +5,18 @@ examples (membership inference, reconstruction).  DP-SGD bounds what any one
 example can change: per-example gradients are clipped to ``max_grad_norm``,
 Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added to their
 sum, and batches are Poisson-sampled (each example independently with rate
-``q = batch_size / n``), which is what the RDP/PRV accountants assume.  All
-later messages are post-processing, so the slot's (epsilon, delta) covers the
-whole protocol.
+``q = min(privacy.sample_rate, privacy.max_batch_size / n)``), which is what the
+RDP/PRV accountants assume.  All later messages (the adapter, its sketch, the
+clustering on sketches) are post-processing, so the slot's (epsilon, delta)
+covers the whole protocol at no extra cost.
+
+The recipe (the privacy section's defaults, chosen by measurement in
+``benchmarks/dp.py``): plain SGD rather than AdamW (Adam's per-coordinate
+normalisation turns noise-dominated coordinates into full-size steps of pure
+noise), large Poisson batches and few steps per round (the noise added per
+step is fixed, so a larger batch shrinks it relative to the summed gradient),
+LoRA A frozen (FFA-LoRA: no noise-times-noise term in B @ A), and no noise on
+head rows a task does not use (``unused_head_rows_hook``).
 
 Opacus + peft traps (see docs/environment.md) and their fixes here:
 1. Opacus hooks only modules trainable at wrap time: every ``lora_*`` and head
@@ -77,6 +86,37 @@ def make_dp_optimizer(optimizer: torch.optim.Optimizer, *, noise_multiplier: flo
     return DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                        expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator,
                        secure_mode=noise_multiplier > 0)
+
+
+def make_inner_optimizer(plan: Plan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer DP-SGD wraps: plain SGD (the default recipe) or AdamW, at ``plan.dp_learning_rate``."""
+    lr, wd = plan.dp_learning_rate, plan.training.weight_decay
+    if plan.privacy.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def unused_head_rows_hook(named: dict[str, nn.Parameter], lo: int, hi: int) -> Any:
+    """A DPOptimizer step hook that zeroes the noisy gradient of head rows outside ``[lo, hi)``.
+
+    Those logits are masked, so every per-example gradient there is exactly 0 and clipping is
+    unchanged; the hook drops the noise Opacus added to them, so they are never updated and stay
+    at their start values (dropping part of the mechanism's output is post-processing).
+    """
+    rows = [n for n in ("head.weight", "head.bias") if n in named]
+    width = int(named[rows[0]].shape[0]) if rows else 0
+    unused = torch.ones(width, dtype=torch.bool)
+    unused[lo:hi] = False
+
+    def hook(optimizer: DPOptimizer) -> None:
+        if not bool(unused.any()):
+            return
+        for name in rows:
+            grad = named[name].grad
+            if grad is not None:
+                grad[unused] = 0.0
+
+    return hook
 
 
 def dp_step(gsm: GradSampleModule, optimizer: DPOptimizer, features: dict[str, Tensor], labels: Tensor,
@@ -188,16 +228,18 @@ class DPTrainer:
     def _run(self, slot: str, data: EncodedDataset, seed: int, round: int, cfg: SlotPrivacy,
              label_range: tuple[int, int] | None) -> list[float]:
         """The DP-SGD steps of one round (hooks on only while they run)."""
-        model, t = self.model, self.plan.training
+        model = self.model
         model.set_slot(slot)
         lo, hi = label_range if label_range is not None else model.label_range(slot)
         if int(data.labels.min()) < lo or int(data.labels.max()) >= hi:
             raise DataError(f"labels of {data.task!r} fall outside slot {slot!r}'s label range [{lo}, {hi})")
-        params = list(model.slot_parameters(slot).values())
-        inner = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        named = model.slot_parameters(slot)
+        params = list(named.values())
+        inner = make_inner_optimizer(self.plan, params)
         gen = _generator(self.insecure_seed, "dp", seed, slot, round)
         opt = make_dp_optimizer(inner, noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
                                 expected_batch_size=cfg.expected_batch_size, generator=gen)
+        opt.attach_step_hook(unused_head_rows_hook(named, lo, hi))
         sampler = UniformWithReplacementSampler(num_samples=len(data), sample_rate=cfg.sample_rate,
                                                 generator=gen, steps=cfg.steps_per_round)
         was_training = model.training

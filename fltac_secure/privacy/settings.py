@@ -1,7 +1,7 @@
 """The DP settings of one task slot, resolved from the plan and validated at the edge.
 
 A slot's guarantee depends on its own data size ``n``: the sample rate is
-``batch_size / n`` and delta must be below ``1/n`` (a delta of ``1/n`` allows
+``min(privacy.sample_rate, privacy.max_batch_size / n)`` and delta must be below ``1/n`` (a delta of ``1/n`` allows
 "release one random example in the clear").  So settings are resolved per slot
 once its data size is known, and every impossible value is refused with a
 PrivacyError naming the plan key and the fix - never trained around.
@@ -73,7 +73,7 @@ def resolve_slot(plan: Plan, data_size: int, *, steps_per_round: int | None = No
     """The DP settings of a slot with ``data_size`` examples under ``plan`` (validated).
 
     Noise: ``privacy.noise_multiplier`` if given, else the smallest noise whose
-    epsilon after ``rounds * local_steps`` steps stays within
+    epsilon after ``rounds * privacy.local_steps`` steps stays within
     ``privacy.target_epsilon``.  With both given, the target is a budget and
     the first round must fit in it.
     """
@@ -86,10 +86,10 @@ def resolve_slot(plan: Plan, data_size: int, *, steps_per_round: int | None = No
             f"privacy.delta = {p.delta:g} is not below 1/n = {1.0 / data_size:.3g} for a slot with "
             f"{data_size} examples; lower privacy.delta (the usual choice is well below 1/n)"
         )
-    steps = plan.training.local_steps if steps_per_round is None else int(steps_per_round)
+    steps = p.local_steps if steps_per_round is None else int(steps_per_round)
     if steps < 1:
         raise PrivacyError(f"steps per round must be at least 1, got {steps}")
-    rate = sample_rate(plan.training.batch_size, data_size)
+    rate = sample_rate(p.sample_rate, p.max_batch_size, data_size)
     if p.noise_multiplier is not None:
         noise, source = float(p.noise_multiplier), "given"
         if p.target_epsilon is not None:
@@ -98,7 +98,7 @@ def resolve_slot(plan: Plan, data_size: int, *, steps_per_round: int | None = No
                 raise PrivacyError(
                     f"privacy.target_epsilon = {p.target_epsilon} cannot be met within one round: at "
                     f"privacy.noise_multiplier = {noise} one round of {steps} steps already spends epsilon "
-                    f"{first:.3g}; raise the noise or the target, or lower training.local_steps"
+                    f"{first:.3g}; raise the noise or the target, or lower privacy.local_steps"
                 )
     else:
         assert p.target_epsilon is not None  # check_privacy_section guarantees one of them

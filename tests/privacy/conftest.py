@@ -19,10 +19,12 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def dp_plan(**privacy: Any) -> Plan:
-    """A two-task tiny-bert plan with DP on; keyword overrides go to the privacy section."""
+    """A two-task tiny-bert plan with DP on; keyword overrides go to the privacy section (``training``: to training)."""
     training = privacy.pop("training", {})
     rounds = privacy.pop("rounds", 3)
-    section = {"dp": True, "noise_multiplier": 1.0, "delta": 1e-3, **privacy}
+    # sample rate min(1, 8 / n) and 4 steps per round: the expected batch is 8 on any slot of >= 8 examples
+    section = {"dp": True, "noise_multiplier": 1.0, "delta": 1e-3, "sample_rate": 1.0, "max_batch_size": 8,
+               "local_steps": 4, **privacy}
     return Plan(federation="t", rounds=rounds, roster=["a", "b"],
                 tasks=[{"name": "x", "labels": ["n", "p"]}, {"name": "y", "labels": ["a", "b", "c"]}],
                 model={"base": "tiny-bert", "lora": {"rank": 2, "alpha": 8}},

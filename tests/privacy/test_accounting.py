@@ -77,10 +77,14 @@ def test_epsilon_grows_with_steps_and_costs_are_previewed_without_spending() -> 
     assert math.isinf(epsilon_of([(0.0, 0.05, 1)], 1e-5, "rdp"))
 
 
-def test_sample_rate_refuses_a_batch_larger_than_the_data() -> None:
-    assert sample_rate(16, 64) == 0.25
-    with pytest.raises(PrivacyError, match="training.batch_size"):
-        sample_rate(17, 16)
+def test_sample_rate_is_the_rate_capped_by_the_largest_batch() -> None:
+    assert sample_rate(0.5, 256, 64) == 0.5  # a small slot: half of it per step
+    assert sample_rate(0.5, 256, 1024) == 0.25  # a large one: the expected batch is capped at 256
+    assert sample_rate(1.0, 8, 8) == 1.0
+    with pytest.raises(PrivacyError, match="privacy.sample_rate"):
+        sample_rate(1.5, 256, 64)
+    with pytest.raises(PrivacyError, match="at least one example"):
+        sample_rate(0.5, 256, 0)
 
 
 def test_an_unreachable_target_names_the_key() -> None:

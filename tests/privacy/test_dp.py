@@ -149,7 +149,7 @@ def test_clipping_bounds_each_example(model: SlotModel) -> None:
 def test_budget_stops_a_slot_exactly_when_the_next_round_would_exceed_it(model: SlotModel) -> None:
     base = dp_plan(rounds=5)
     data = random_data(64, 3)
-    q, steps = base.training.batch_size / 64, base.training.local_steps
+    q, steps = base.privacy.max_batch_size / 64, base.privacy.local_steps
     eps = [SlotAccountant("rdp", [(1.0, q, steps * r)]).epsilon(1e-3) for r in (1, 2, 3)]
     plan = dp_plan(rounds=5, target_epsilon=eps[1])  # exactly two rounds fit (equality is allowed)
     trainer = DPTrainer(model, plan, insecure_seed=0)
@@ -183,7 +183,7 @@ def test_a_restart_resumes_the_ledger(model: SlotModel, tmp_path: Path) -> None:
 
 
 def test_empty_poisson_batches_are_noise_only_steps(model: SlotModel) -> None:
-    plan = dp_plan(training={"batch_size": 1, "local_steps": 30})
+    plan = dp_plan(max_batch_size=1, local_steps=30)
     out = DPTrainer(model, plan, insecure_seed=3).train_slot("y", random_data(20, 3), 1, round=0)
     assert out["steps"] == 30 and math.isfinite(out["loss"])
 
@@ -197,7 +197,7 @@ def test_labels_outside_the_slot_are_refused(model: SlotModel) -> None:
                                                                 HealthCheck.function_scoped_fixture])
 @given(target=st.floats(0.5, 10.0), n=st.integers(30, 200))
 def test_epsilon_after_training_never_exceeds_a_target(model: SlotModel, target: float, n: int) -> None:
-    plan = dp_plan(rounds=2, noise_multiplier=None, target_epsilon=target, training={"local_steps": 2})
+    plan = dp_plan(rounds=2, noise_multiplier=None, target_epsilon=target, local_steps=2)
     trainer = DPTrainer(model, plan, insecure_seed=0)
     data = random_data(n, 3, seed=n)
     outs = [trainer.train_slot("y", data, 0, round=r) for r in range(plan.rounds + 1)]

@@ -17,7 +17,7 @@ from .conftest import dp_plan, random_data
 
 def test_client_round_trains_with_dp_and_honours_budgets() -> None:
     probe = dp_plan()
-    steps, b, delta = probe.training.local_steps, probe.training.batch_size, probe.privacy.delta
+    steps, b, delta = probe.privacy.local_steps, probe.privacy.max_batch_size, probe.privacy.delta
     eps = {n: [SlotAccountant("rdp", [(1.0, b / n, steps * r)]).epsilon(delta) for r in (1, 2)] for n in (40, 200)}
     target = eps[40][0]  # the small slot affords one round, the large one at least two
     assert eps[200][1] <= target

@@ -21,7 +21,7 @@ def with_privacy(plan: Plan, **changes: object) -> Plan:
     ({"noise_multiplier": -0.5}, 100, "privacy.noise_multiplier"),
     ({"noise_multiplier": 0.0}, 100, "privacy.noise_multiplier"),
     ({"delta": 0.01}, 100, "privacy.delta"),
-    ({}, 5, "training.batch_size"),
+    ({"sample_rate": 0.0}, 100, "privacy.sample_rate"),
     ({"dp": False}, 100, "privacy.dp"),
     ({"noise_multiplier": None, "target_epsilon": None}, 100, "privacy.noise_multiplier"),
     ({"max_grad_norm": 0.0}, 100, "privacy.max_grad_norm"),
