@@ -57,7 +57,7 @@ def round1(threads: int) -> dict[str, Any]:
     starts = dict(method.state.vectors)
     new = {}
     for site in ctx.sites:
-        for res in client_round(ctx.model, site, ctx.slots_of(site), starts, 1, plan):
+        for res in client_round(ctx.model, site, ctx.slots_of(site), starts, 1, plan, dp=method.dp(site)):
             new[res.key] = res.vector
     keys = list(new)
     from fltac_secure.learning.adapters import adapter_layout

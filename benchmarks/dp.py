@@ -57,15 +57,13 @@ def make_plan(base: Path, size: dict[str, Any], epsilon: float) -> Any:
 
 
 def run_epsilon(epsilon: float, plan: Any, data: Any, work: Path) -> dict[str, Any]:
-    from fltac_secure.privacy.dp import site_epsilons
-    from fltac_secure.simulation import SimContext, simulate
+    from fltac_secure.simulation import simulate
 
-    ctx = SimContext(plan, data)
     t0 = time.perf_counter()
     res = simulate(plan, data, "fltac", work / f"eps-{epsilon}", progress=False, site_eval=False, export=False,
-                   plots=False, context=ctx)
+                   plots=False)
     final = res.final
-    eps = site_epsilons(ctx.model) if plan.privacy.dp else {}
+    eps = res.epsilons  # this run's accounting only (empty without DP)
     spent = [e for per_site in eps.values() for e in per_site.values()]
     return {
         "epsilon_target": None if math.isinf(epsilon) else epsilon, "wall_s": round(time.perf_counter() - t0, 1),

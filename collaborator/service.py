@@ -4,10 +4,11 @@ The site connects (mutual TLS, WELCOME), announces itself with JOIN and then
 answers whatever the aggregator asks, idempotently:
 
 - ROUND_START r: keep/export/evaluate the global adapters it carries, train
-  every slot with ``rounds.client_round`` (DP when the plan says so), answer
-  SKETCHES.  The round's results are cached in the workspace first, so a
-  repeated ROUND_START (after a restart of either side) is answered from the
-  cache without training again.
+  every slot with ``rounds.client_round`` (DP when the plan says so, through
+  the site's one ``DPTrainer`` on its persistent ledger), answer SKETCHES.
+  The round's results are cached in the workspace first, so a repeated
+  ROUND_START (after a restart of either side) is answered from the cache
+  without training again.
 - ASSIGNMENT r: answer UPDATE with the vectors of the assigned slots.
 - FINAL: keep/export/evaluate the final adapters, answer DONE, stop.  A DONE
   lost with its session (the aggregator was killed before acknowledging it)
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collaborator.workspace import RoundCache, SiteWorkspace
-from fltac_secure.errors import ProtocolError, StateError, TransportError
+from fltac_secure.errors import PrivacyError, ProtocolError, StateError, TransportError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
@@ -48,6 +49,7 @@ from fltac_secure.transport.envelope import Message
 
 if TYPE_CHECKING:
     from collaborator.secure import SecureSide
+    from fltac_secure.privacy.dp import DPTrainer
 
 RETRYABLE = frozenset({"unreachable", "timeout", "crashed", "closed"})
 """Transport failures worth a fresh session; anything else (a refusal) is final."""
@@ -87,6 +89,7 @@ class Collaborator:
         self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
         self.down_since: float | None = None  # first failure since the last session connected (patience counts from it)
         self.secure: SecureSide | None = None
+        self.dp: DPTrainer | None = None  # with privacy.dp: this site's trainer on state/privacy.json (setup)
         self.ever_connected = False  # a session got WELCOME at least once in this process
         self.client_heard = False  # anything ever answered at the endpoint (from each client's ``heard``)
 
@@ -132,12 +135,38 @@ class Collaborator:
 
             self.secure = SecureSide(self)
         if self.plan.privacy.dp:
-            from fltac_secure.privacy.dp import site_trainer
+            from fltac_secure.privacy.dp import DPTrainer
             from fltac_secure.privacy.ledger import PrivacyLedger
 
             p = self.plan.privacy
             ledger = PrivacyLedger.open(self.site.workspace, plan_hash=self.hash, delta=p.delta, accountant=p.accountant)
-            site_trainer(self.ws.model, self.plan, self.site.name, ledger=ledger)
+            self.use_dp(DPTrainer(self.ws.model, self.plan, ledger=ledger))
+
+    def use_dp(self, trainer: DPTrainer) -> None:
+        """Train every round through ``trainer``: refused unless its ledger is this workspace's persistent one.
+
+        DP on without a persistent ledger is an error in the roles: an in-memory
+        ledger would restart the site's epsilon from zero on every restart.
+        """
+        from fltac_secure.privacy.ledger import ledger_path
+
+        where = ledger_path(self.site.workspace)
+        if not self.plan.privacy.dp:
+            raise PrivacyError("privacy.dp is off in the plan, so this site trains without DP; a DP trainer "
+                               "is refused (set privacy.dp: true to train with DP)")
+        path = trainer.ledger.path
+        if path is None:  # not persistent (PrivacyLedger.in_memory)
+            raise PrivacyError(f"privacy.dp is on but the DP trainer's privacy ledger is in memory only: the "
+                               f"site's spent epsilon would restart from zero with the process; a collaborator "
+                               f"needs its workspace ledger {where} (PrivacyLedger.open(workspace, ...))")
+        if path.resolve() != where.resolve():
+            raise PrivacyError(f"the DP trainer's privacy ledger is {path}, not this site's {where}; "
+                               "open the ledger of this workspace")
+        p = self.plan.privacy
+        trainer.ledger.check_matches(plan_hash=self.hash, delta=p.delta, accountant=p.accountant)
+        if trainer.model is not self.ws.model:
+            raise PrivacyError("the DP trainer wraps another model than this site's; build it on the workspace model")
+        self.dp = trainer
 
     def run(self) -> dict[str, Any]:
         """Serve until FINAL (returns the final metrics per task) or a final error."""
@@ -245,7 +274,7 @@ class Collaborator:
             self.log.info(f"round {r}: training {len(self.ws.slots)} slot(s) x {self.plan.training.local_steps} steps")
             started = time.monotonic()
             starts = {s.key: vectors[i] for i, s in enumerate(self.ws.slots)}
-            results = client_round(self.ws.model, self.site.name, self.ws.slots, starts, r, self.plan)
+            results = client_round(self.ws.model, self.site.name, self.ws.slots, starts, r, self.plan, dp=self.dp)
             self.cache = RoundCache(r, results)
             self.ws.save_cache(self.cache)
             self.ws.record_training(r, results)

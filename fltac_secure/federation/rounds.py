@@ -7,10 +7,12 @@ loopback federation reproduces the simulation exactly.
 Client (``client_round``): for each local task slot, load the round's start
 vector, train (seeded by ``(training seed, site, task, round)``, never by
 process order), read the new vector back and sketch the clustering features
-with the round's projection. Server: ``server_assign`` clusters the sketches
-(K-means, ids matched to the previous round), ``server_aggregate`` averages
-within clusters and gives every slot its cluster's mean. The server only
-sees opaque slot keys (``"site/index"``), never task names.
+with the round's projection. With ``privacy.dp`` it trains through the
+site's ``DPTrainer`` (``dp=``), which the caller keeps for the whole run.
+Server: ``server_assign`` clusters the sketches (K-means, ids matched to the
+previous round), ``server_aggregate`` averages within clusters and gives
+every slot its cluster's mean. The server only sees opaque slot keys
+(``"site/index"``), never task names.
 
 ``ServerState`` is what the aggregator checkpoints: it converts to and from a
 flat dict of named arrays (``to_tensors``/``from_tensors``) for safetensors;
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fltac_secure.errors import StateError
+from fltac_secure.errors import PrivacyError, StateError
 from fltac_secure.learning.aggregate import cluster_means, redistribute
 from fltac_secure.learning.cluster import ClusterResult, cluster_sketches, site_of
 from fltac_secure.learning.seeding import derive_seed
@@ -35,6 +37,7 @@ from fltac_secure.learning.sketch import make_sketcher, round_sketch_seed
 if TYPE_CHECKING:
     from fltac_secure.learning.model import SlotModel
     from fltac_secure.plan import Plan
+    from fltac_secure.privacy.dp import DPTrainer
 
 __all__ = [
     "Assignment",
@@ -115,14 +118,19 @@ def client_round(
     plan: Plan,
     *,
     steps: int | None = None,
+    dp: DPTrainer | None = None,
 ) -> list[SlotResult]:
     """Train every slot from its start vector; return new vectors, sketches and counts.
 
     The model's slot names are the task names (a site holds each task once).
-    With ``privacy.dp`` on, each slot trains with DP-SGD through the site's
-    ``DPTrainer`` (one accountant per slot); a slot whose next round would
-    exceed its budget is left out of the results: it sends nothing more.
+    With ``privacy.dp`` on, ``dp`` is required: the site's ``DPTrainer`` (its
+    ledger holds one accountant per slot), the same one every round, and each
+    slot trains with DP-SGD through it; a slot whose next round would exceed
+    its budget is left out of the results: it sends nothing more.  With DP off
+    a given ``dp`` is refused too, so a mis-wired caller fails instead of
+    training without the noise it expected.
     """
+    _check_dp(model, site, plan, dp)
     missing = [s.key for s in slots if s.key not in start_vectors]
     if missing:
         raise ValueError(f"no start vector for slot(s) {missing}; the server must send one per slot")
@@ -133,7 +141,7 @@ def client_round(
     for s in slots:
         start = np.asarray(start_vectors[s.key], dtype=np.float32)
         set_slot_vector(model, s.task, start)
-        st = _train_one(model, site, s, round_index, plan, steps)
+        st = _train_one(model, site, s, round_index, plan, steps, dp)
         if st.get("stopped_on_budget"):
             continue
         vec = get_slot_vector(model, s.task)
@@ -146,14 +154,29 @@ def client_round(
             for s, v, sk, st in zip(kept, vectors, sketches, stats, strict=True)]
 
 
-def _train_one(model: SlotModel, site: str, s: ClientSlot, round_index: int, plan: Plan,
-               steps: int | None) -> dict[str, Any]:
-    """One slot's local training: plain AdamW, or DP-SGD when the plan asks for it."""
-    seed = slot_seed(plan, site, s.task, round_index)
-    if plan.privacy.dp:
-        from fltac_secure.privacy.dp import site_trainer
+def _check_dp(model: SlotModel, site: str, plan: Plan, dp: DPTrainer | None) -> None:
+    """Refuse a round whose DP trainer does not match the plan (missing, unexpected, another model or plan)."""
+    if plan.privacy.dp and dp is None:
+        raise PrivacyError(
+            f"privacy.dp is on but the round of site {site!r} was given no DP trainer (client_round(dp=...)); "
+            "build one DPTrainer per site on the site's privacy ledger (PrivacyLedger.open in the roles, "
+            "PrivacyLedger.in_memory in the simulator) and pass it to every round")
+    if not plan.privacy.dp and dp is not None:
+        raise PrivacyError(f"privacy.dp is off but the round of site {site!r} was given a DP trainer; "
+                           "set privacy.dp: true in the plan, or pass no trainer")
+    if dp is not None and dp.model is not model:
+        raise PrivacyError(f"the DP trainer of site {site!r} wraps another model than the one this round trains")
+    if dp is not None and dp.plan != plan:
+        raise PrivacyError(f"the DP trainer of site {site!r} was built under another plan; build it from "
+                           "the plan of this run")
 
-        return site_trainer(model, plan, site).train_slot(s.task, s.data, seed, round=round_index, steps=steps)
+
+def _train_one(model: SlotModel, site: str, s: ClientSlot, round_index: int, plan: Plan,
+               steps: int | None, dp: DPTrainer | None) -> dict[str, Any]:
+    """One slot's local training: plain AdamW, or DP-SGD through the site's trainer."""
+    seed = slot_seed(plan, site, s.task, round_index)
+    if dp is not None:
+        return dp.train_slot(s.task, s.data, seed, round=round_index, steps=steps)
     from fltac_secure.learning.train import train_slot
 
     return train_slot(model, s.task, s.data, plan.training, seed, steps=steps)

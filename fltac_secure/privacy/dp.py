@@ -18,6 +18,13 @@ step is fixed, so a larger batch shrinks it relative to the summed gradient),
 LoRA A frozen (FFA-LoRA: no noise-times-noise term in B @ A), and no noise on
 head rows a task does not use (``unused_head_rows_hook``).
 
+Accounting lives in a ``DPTrainer``, one per site, built on that site's
+``PrivacyLedger`` (required: the workspace ledger in the roles, an explicitly
+in-memory one in the simulator and tests).  Whoever runs the site keeps the
+trainer for the run and passes it to every ``rounds.client_round``; nothing is
+looked up in a process-global registry, so no miss can silently restart a
+site's epsilon from zero.
+
 Opacus + peft traps (see docs/environment.md) and their fixes here:
 1. Opacus hooks only modules trainable at wrap time: every ``lora_*`` and head
    parameter is made trainable, the model is wrapped *once* (cached per
@@ -145,21 +152,26 @@ def _generator(insecure_seed: int | None, *parts: int | str) -> torch.Generator:
 
 
 class DPTrainer:
-    """DP-SGD training of a SlotModel's slots with one accountant per slot and a persistent ledger.
+    """DP-SGD training of one site's slots on a SlotModel, one accountant per slot, all in ``ledger``.
 
-    ``ledger``: the site's ``PrivacyLedger`` (``PrivacyLedger.open(workspace, ...)``);
-    default an in-memory one.  ``train_slot`` mirrors ``learning.train.train_slot``
-    so the round logic can call either.
+    ``ledger`` (required): the site's ``PrivacyLedger`` - ``PrivacyLedger.open(workspace, ...)``
+    in the roles, ``PrivacyLedger.in_memory(...)`` in the simulator and tests.  The
+    accounting lives here: the caller keeps one trainer per site for the whole run
+    and passes it to every ``rounds.client_round`` (``dp=``).  ``train_slot``
+    mirrors ``learning.train.train_slot`` so the round logic can call either.
     """
 
-    def __init__(self, model: SlotModel, plan: Plan, *, ledger: PrivacyLedger | None = None,
+    def __init__(self, model: SlotModel, plan: Plan, *, ledger: PrivacyLedger,
                  insecure_seed: int | None = None) -> None:
         check_privacy_section(plan)
+        if not isinstance(ledger, PrivacyLedger):
+            raise PrivacyError("a DPTrainer needs the site's privacy ledger: PrivacyLedger.open(workspace, ...) "
+                               "(persistent), or PrivacyLedger.in_memory(...) in the simulator and tests")
         self.model = model
         self.plan = plan
         p = plan.privacy
-        self.ledger = ledger or PrivacyLedger(plan_hash="in-memory", delta=p.delta, accountant=p.accountant)
-        if ledger is not None and (ledger.delta != p.delta or ledger.accountant != p.accountant):
+        self.ledger = ledger
+        if ledger.delta != p.delta or ledger.accountant != p.accountant:
             raise PrivacyError(f"privacy ledger (delta {ledger.delta:g}, {ledger.accountant}) does not match "
                                f"privacy.delta = {p.delta:g} / privacy.accountant = {p.accountant}")
         self.insecure_seed = insecure_seed
@@ -258,33 +270,3 @@ class DPTrainer:
             self.gsm.disable_hooks()
             model.train(was_training)
         return losses
-
-
-# --- hook for the round logic: one DPTrainer per (model, site) ---------------------------------------
-_SITE_TRAINERS: weakref.WeakKeyDictionary[nn.Module, dict[str, DPTrainer]] = weakref.WeakKeyDictionary()
-
-
-def site_trainer(model: SlotModel, plan: Plan, site: str, *, ledger: PrivacyLedger | None = None) -> DPTrainer:
-    """The DPTrainer of ``site`` on ``model`` under ``plan`` (made on first use, in-memory ledger by default).
-
-    The simulator shares one model between sites, so accounting is keyed by
-    site; a trainer made under another plan is replaced.  A networked
-    collaborator passes its workspace ledger on the first call.
-    """
-    trainers = _SITE_TRAINERS.setdefault(model, {})
-    tr = trainers.get(site)
-    if tr is None or tr.plan is not plan or (ledger is not None and tr.ledger is not ledger):
-        tr = DPTrainer(model, plan, ledger=ledger)
-        trainers[site] = tr
-    return tr
-
-
-def reset_site_trainers(model: SlotModel) -> None:
-    """Forget every site's accounting on ``model`` (a new simulated run starts from zero)."""
-    _SITE_TRAINERS.pop(model, None)
-
-
-def site_epsilons(model: SlotModel) -> dict[str, dict[str, float]]:
-    """Epsilon spent so far per site and slot on ``model`` (for round metrics)."""
-    return {site: {slot: rec.epsilon for slot, rec in sorted(tr.ledger.slots.items())}
-            for site, tr in sorted(_SITE_TRAINERS.get(model, {}).items())}

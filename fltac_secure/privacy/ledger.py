@@ -12,6 +12,9 @@ accountant or data size is refused with a PrivacyError, never reset; epsilons
 are recomputed from the history and must match what was recorded.  Writes are
 atomic (temp file, fsync, rename, fsync of the folder), and a round is charged
 *before* it trains, so a crash mid-round over-counts rather than under-counts.
+
+``PrivacyLedger.in_memory`` is the simulator's and the tests' ledger: nothing
+is written (``persistent`` is False), and the networked roles refuse it.
 """
 
 from __future__ import annotations
@@ -79,6 +82,19 @@ class PrivacyLedger:
 
     # opening -----------------------------------------------------------------
     @classmethod
+    def in_memory(cls, *, delta: float, accountant: str, plan_hash: str = "in-memory") -> PrivacyLedger:
+        """A ledger kept in memory only: NOT persistent, its spending dies with the process.
+
+        For the simulator and tests; the networked roles refuse it (``persistent``).
+        """
+        return cls(plan_hash=plan_hash, delta=delta, accountant=accountant, path=None)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether every charge is written to a file (``open``), so a restart resumes it."""
+        return self.path is not None
+
+    @classmethod
     def open(cls, workspace: str | Path, *, plan_hash: str, delta: float, accountant: str) -> PrivacyLedger:
         """Load the workspace's ledger (validated against the plan) or start an empty one."""
         path = ledger_path(workspace)
@@ -135,6 +151,10 @@ class PrivacyLedger:
         rec.stopped = {"round": round, "epsilon": epsilon, "next_epsilon": next_epsilon,
                        "target_epsilon": rec.target_epsilon}
         self.save()
+
+    def epsilons(self) -> dict[str, float]:
+        """Epsilon spent so far per slot (slots in name order)."""
+        return {name: r.epsilon for name, r in sorted(self.slots.items())}
 
     def summary(self) -> dict[str, Any]:
         """What a report shows: per slot its rounds, final epsilon, budget left and status."""

@@ -101,6 +101,7 @@ class SharedAdapterMethod(Method):
         self.head = self.make_head(ctx.plan)
         self.init = initial_vector(ctx.plan, ctx.plan.training.seed, head_width=self.head.width)
         self.vector = self.init.copy()
+        self.dp_trainers = {}  # the shared-adapter variants train without DP-SGD (plain train_slot)
 
     @staticmethod
     @abstractmethod

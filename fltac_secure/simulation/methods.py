@@ -14,6 +14,10 @@ All methods train with the same ``train_slot`` and the same per-slot budget:
 - ``central``: all training data of a task pooled, one adapter per task,
   local_steps x (number of slots holding the task) steps per round, so it
   spends the same compute per task as the federation.
+
+With ``privacy.dp`` on, a method object (one per simulated run) keeps one
+``DPTrainer`` per site on an in-memory ledger (``dp``), so every run starts
+from epsilon 0 and runs never share accounting; ``epsilons`` reports them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from fltac_secure.simulation.context import SimContext
 if TYPE_CHECKING:
     from fltac_secure.learning.model import SlotModel
     from fltac_secure.learning.train import EncodedDataset
+    from fltac_secure.privacy.dp import DPTrainer
     from fltac_secure.simulation.secure import LocalSecureAggregation
 
 
@@ -63,6 +68,24 @@ class Method(ABC):
     def __init__(self, ctx: SimContext) -> None:
         self.ctx = ctx
         self.init = initial_vector(ctx.plan, ctx.plan.training.seed)
+        self.dp_trainers: dict[str, DPTrainer] = {}  # this run's accounting, per site
+
+    def dp(self, site: str) -> DPTrainer | None:
+        """``site``'s DP trainer for this run (None with ``privacy.dp`` off); an in-memory ledger, made once."""
+        if not self.ctx.plan.privacy.dp:
+            return None
+        if site not in self.dp_trainers:
+            from fltac_secure.privacy.dp import DPTrainer
+            from fltac_secure.privacy.ledger import PrivacyLedger
+
+            p = self.ctx.plan.privacy
+            self.dp_trainers[site] = DPTrainer(self.ctx.model, self.ctx.plan,
+                                               ledger=PrivacyLedger.in_memory(delta=p.delta, accountant=p.accountant))
+        return self.dp_trainers[site]
+
+    def epsilons(self) -> dict[str, dict[str, float]]:
+        """Epsilon spent so far in this run per site and slot (task); empty with DP off."""
+        return {site: tr.ledger.epsilons() for site, tr in sorted(self.dp_trainers.items())}
 
     @abstractmethod
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
@@ -123,7 +146,8 @@ class FLTAC(Method):
         ctx, plan = self.ctx, self.ctx.plan
         vectors, sketches, counts, losses, steps = {}, {}, {}, [], 0
         for site in ctx.sites:
-            for res in client_round(ctx.model, site, ctx.slots_of(site), self.state.vectors, r, plan):
+            for res in client_round(ctx.model, site, ctx.slots_of(site), self.state.vectors, r, plan,
+                                    dp=self.dp(site)):
                 vectors[res.key], sketches[res.key], counts[res.key] = res.vector, res.sketch, res.n_samples
                 losses.append(res.stats.get("loss", np.nan))
                 steps += int(res.stats.get("steps", 0))
@@ -207,7 +231,8 @@ class Local(Method):
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
         losses, steps = [], 0
         for site in self.ctx.sites:
-            for res in client_round(self.ctx.model, site, self.ctx.slots_of(site), self.vectors, r, self.ctx.plan):
+            for res in client_round(self.ctx.model, site, self.ctx.slots_of(site), self.vectors, r, self.ctx.plan,
+                                    dp=self.dp(site)):
                 self.vectors[res.key] = res.vector
                 losses.append(res.stats.get("loss", np.nan))
                 steps += int(res.stats.get("steps", 0))
@@ -245,7 +270,8 @@ class Central(Method):
             data = ctx.encoded_pooled(task)
             slot = ClientSlot(f"central/{task}", task, data, len(data))
             steps = ctx.plan.training.local_steps * holders
-            (res,) = client_round(ctx.model, "central", [slot], {slot.key: self.vectors[task]}, r, ctx.plan, steps=steps)
+            (res,) = client_round(ctx.model, "central", [slot], {slot.key: self.vectors[task]}, r, ctx.plan, steps=steps,
+                                  dp=self.dp("central"))
             self.vectors[task] = res.vector
             losses.append(res.stats.get("loss", np.nan))
             n_steps += int(res.stats.get("steps", 0))

@@ -3,6 +3,8 @@
 Outputs under ``out_dir``: ``metrics.jsonl`` (one JSON object per round),
 ``summary.json`` (the last round and the output paths), ``accuracy.png``,
 ``clusters.png`` (FL-TAC and oracle) and ``adapters/<task>/`` (peft format).
+With ``privacy.dp`` on, each round's record holds ``epsilon_spent`` (per site
+and task, accounted by this run alone).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class SimulationResult:
     adapters: dict[str, str] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    epsilons: dict[str, dict[str, float]] = field(default_factory=dict)
+    """With ``privacy.dp``: epsilon spent per site and task by the end of this run."""
 
     @property
     def final(self) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def simulate(
                                            soft_wrap=True, highlight=False)
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(rec, sort_keys=True) + "\n")
-    result = SimulationResult(method, out, records)
+    result = SimulationResult(method, out, records, epsilons=runner.epsilons())
     if export:
         result.adapters = export_adapters(runner, out / "adapters")
     if plots:
@@ -126,6 +130,8 @@ def _one_round(runner: Method, r: int, advance: Callable[[], None], *, evaluate:
         "method": runner.name, "round": r, "up_params": outcome.up_params, "down_params": outcome.down_params,
         "train_loss": outcome.train_loss, "train_steps": outcome.train_steps, "train_s": round(time.perf_counter() - t0, 3),
     }
+    if runner.ctx.plan.privacy.dp:
+        rec["epsilon_spent"] = runner.epsilons()
     if outcome.labels is not None:
         rec.update(clustering_metrics(runner.ctx, outcome.labels))
         rec.update(outcome.extra)

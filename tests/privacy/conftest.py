@@ -11,6 +11,7 @@ import torch
 
 from fltac_secure.learning.train import EncodedDataset
 from fltac_secure.plan import Plan
+from fltac_secure.privacy.ledger import PrivacyLedger
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -31,6 +32,11 @@ def dp_plan(**privacy: Any) -> Plan:
                 training={"local_steps": 4, "batch_size": 8, "learning_rate": 0.01, "max_seq_length": 12,
                           **training},
                 privacy=section)
+
+
+def memory_ledger(plan: Plan) -> PrivacyLedger:
+    """An in-memory ledger matching ``plan``'s delta and accountant."""
+    return PrivacyLedger.in_memory(delta=plan.privacy.delta, accountant=plan.privacy.accountant)
 
 
 def random_data(n: int, labels: int, seed: int = 0, width: int = 10, task: str = "y") -> EncodedDataset:

@@ -17,7 +17,7 @@ from fltac_secure.privacy.accounting import SlotAccountant
 from fltac_secure.privacy.dp import DPTrainer, dp_step, make_dp_optimizer, wrap_model
 from fltac_secure.privacy.ledger import PrivacyLedger
 
-from .conftest import dp_plan, random_data
+from .conftest import dp_plan, memory_ledger, random_data
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_budget_stops_a_slot_exactly_when_the_next_round_would_exceed_it(model: 
     q, steps = base.privacy.max_batch_size / 64, base.privacy.local_steps
     eps = [SlotAccountant("rdp", [(1.0, q, steps * r)]).epsilon(1e-3) for r in (1, 2, 3)]
     plan = dp_plan(rounds=5, target_epsilon=eps[1])  # exactly two rounds fit (equality is allowed)
-    trainer = DPTrainer(model, plan, insecure_seed=0)
+    trainer = DPTrainer(model, plan, ledger=memory_ledger(plan), insecure_seed=0)
     out = [trainer.train_slot("y", data, 1, round=r) for r in range(2)]
     assert [o["stopped_on_budget"] for o in out] == [False, False]
     assert out[1]["epsilon"] == eps[1] <= plan.privacy.target_epsilon
@@ -184,13 +184,15 @@ def test_a_restart_resumes_the_ledger(model: SlotModel, tmp_path: Path) -> None:
 
 def test_empty_poisson_batches_are_noise_only_steps(model: SlotModel) -> None:
     plan = dp_plan(max_batch_size=1, local_steps=30)
-    out = DPTrainer(model, plan, insecure_seed=3).train_slot("y", random_data(20, 3), 1, round=0)
+    trainer = DPTrainer(model, plan, ledger=memory_ledger(plan), insecure_seed=3)
+    out = trainer.train_slot("y", random_data(20, 3), 1, round=0)
     assert out["steps"] == 30 and math.isfinite(out["loss"])
 
 
 def test_labels_outside_the_slot_are_refused(model: SlotModel) -> None:
+    plan = dp_plan()
     with pytest.raises(DataError, match="label range"):
-        DPTrainer(model, dp_plan()).train_slot("x", random_data(20, 3), 1, round=0)
+        DPTrainer(model, plan, ledger=memory_ledger(plan)).train_slot("x", random_data(20, 3), 1, round=0)
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -198,9 +200,21 @@ def test_labels_outside_the_slot_are_refused(model: SlotModel) -> None:
 @given(target=st.floats(0.5, 10.0), n=st.integers(30, 200))
 def test_epsilon_after_training_never_exceeds_a_target(model: SlotModel, target: float, n: int) -> None:
     plan = dp_plan(rounds=2, noise_multiplier=None, target_epsilon=target, local_steps=2)
-    trainer = DPTrainer(model, plan, insecure_seed=0)
+    trainer = DPTrainer(model, plan, ledger=memory_ledger(plan), insecure_seed=0)
     data = random_data(n, 3, seed=n)
     outs = [trainer.train_slot("y", data, 0, round=r) for r in range(plan.rounds + 1)]
     assert [o["stopped_on_budget"] for o in outs] == [False, False, True]
     assert max(o["epsilon"] for o in outs) <= target
     assert trainer.epsilon("y") <= target
+
+
+def test_a_trainer_needs_an_explicit_ledger(model: SlotModel) -> None:
+    plan = dp_plan()
+    with pytest.raises(TypeError, match="ledger"):
+        DPTrainer(model, plan)  # type: ignore[call-arg]  # no silent in-memory default
+    with pytest.raises(PrivacyError, match="needs the site's privacy ledger"):
+        DPTrainer(model, plan, ledger=None)  # type: ignore[arg-type]
+    mem = PrivacyLedger.in_memory(delta=plan.privacy.delta, accountant="rdp")
+    assert not mem.persistent and mem.path is None
+    with pytest.raises(PrivacyError, match="does not match privacy.delta"):
+        DPTrainer(model, plan, ledger=PrivacyLedger.in_memory(delta=1e-6, accountant="rdp"))

@@ -86,3 +86,17 @@ def test_a_stop_is_recorded(tmp_path: Path) -> None:
     led.stop("news", round=2, epsilon=1.0, next_epsilon=9.0)
     back = PrivacyLedger.open(tmp_path, **KW)
     assert back.slots["news"].stopped == {"round": 2, "epsilon": 1.0, "next_epsilon": 9.0, "target_epsilon": 8.0}
+
+
+def test_an_in_memory_ledger_says_it_is_not_persistent_and_writes_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mem = PrivacyLedger.in_memory(delta=1e-5, accountant="rdp")
+    assert not mem.persistent and mem.path is None
+    rec = mem.slot("news", data_size=500, target_epsilon=None)
+    acc = SlotAccountant("rdp", rec.accountant.history)
+    acc.step(1.0, 16 / 500, 10)
+    mem.charge("news", RoundEntry(0, 10, 16 / 500, 1.0, 1.0, acc.epsilon(1e-5)), acc)
+    assert mem.epsilons() == {"news": acc.epsilon(1e-5)}
+    assert list(tmp_path.iterdir()) == []
+    assert PrivacyLedger.open(tmp_path / "ws", **KW).persistent
