@@ -15,6 +15,7 @@ from fltac_secure.learning.model import SlotModel
 from fltac_secure.plan import Plan
 from fltac_secure.privacy.accounting import SlotAccountant
 from fltac_secure.privacy.dp import DPTrainer
+from fltac_secure.privacy.settings import resolve_slot
 
 from .conftest import dp_plan, memory_ledger, random_data
 
@@ -74,14 +75,15 @@ def test_a_mis_wired_trainer_is_refused(model: SlotModel) -> None:
 
 def test_epsilon_accumulates_across_rounds_under_an_equal_but_new_plan_object(model: SlotModel) -> None:
     plan = dp_plan()
-    steps, b, delta = plan.training.local_steps, plan.training.batch_size, plan.privacy.delta
     dp = DPTrainer(model, plan, ledger=memory_ledger(plan))
     slots = site_slots()[1:]
     first = client_round(model, "a", slots, {"a/1": initial_vector(plan, 0)}, 0, plan, dp=dp)
     again = Plan.model_validate(plan.model_dump())  # what a reloaded plan file gives: equal, not identical
     assert again == plan and again is not plan
     second = client_round(model, "a", slots, {"a/1": first[0].vector}, 1, again, dp=dp)
-    one, two = (SlotAccountant("rdp", [(1.0, b / 40, steps * r)]).epsilon(delta) for r in (1, 2))
+    cfg = resolve_slot(plan, 40)
+    one, two = (SlotAccountant(cfg.accountant, [(cfg.noise_multiplier, cfg.sample_rate, cfg.steps_per_round * r)])
+                .epsilon(cfg.delta) for r in (1, 2))
     assert first[0].stats["epsilon"] == pytest.approx(one, rel=1e-12)
     assert second[0].stats["epsilon"] == pytest.approx(two, rel=1e-12)  # not restarted from zero
     assert two > one

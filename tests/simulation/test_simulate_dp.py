@@ -7,6 +7,7 @@ import pytest
 
 from fltac_secure.plan import Plan
 from fltac_secure.privacy.accounting import SlotAccountant
+from fltac_secure.privacy.settings import resolve_slot
 from fltac_secure.simulation import SimContext, simulate
 
 
@@ -20,13 +21,15 @@ def test_two_runs_never_share_dp_accounting(plan, data, tmp_path) -> None:
     kw = {"progress": False, "site_eval": False, "export": False, "plots": False, "context": ctx}
     runs = [simulate(dp, data, "fltac", tmp_path / str(i), **kw) for i in range(2)]
 
-    t, p = dp.training, dp.privacy
-
     def expected(rounds: int) -> dict[str, dict[str, float]]:
         """Per site and task: epsilon after ``rounds`` rounds, counted from zero."""
-        return {s: {task: SlotAccountant(p.accountant, [(1.0, t.batch_size / ctx.n_train(s, task),
-                                                         t.local_steps * rounds)]).epsilon(p.delta)
-                    for task in tasks} for s, tasks in sorted(ctx.site_tasks.items())}
+        out = {}
+        for site, tasks in sorted(ctx.site_tasks.items()):
+            cfg = {task: resolve_slot(dp, ctx.n_train(site, task)) for task in tasks}
+            out[site] = {task: SlotAccountant(c.accountant, [(c.noise_multiplier, c.sample_rate,
+                                                              c.steps_per_round * rounds)]).epsilon(c.delta)
+                         for task, c in cfg.items()}
+        return out
 
     for res in runs:
         spent = [r["epsilon_spent"] for r in res.rounds]
