@@ -24,7 +24,7 @@ def dp_site(tmp_path: Path) -> tuple[Plan, Site]:
         "tasks": [{"name": "alpha", "labels": ["a0", "a1"]}],
         "model": {"base": "tiny-bert", "lora": {"rank": 1}},
         "training": {"local_steps": 2, "batch_size": 8, "max_seq_length": 12},
-        "privacy": {"dp": True, "noise_multiplier": 1.0, "delta": 1e-3},
+        "privacy": {"dp": True, "noise_multiplier": 1.0, "delta": 1e-3, "local_steps": 2, "max_batch_size": 8},
     })  # fmt: skip
     rows = "\n".join(f"word{i} number {i},a{i % 2}" for i in range(40))
     (tmp_path / "alpha.csv").write_text("text,label\n" + rows + "\n")

@@ -14,8 +14,7 @@ from fltac_secure.simulation import SimContext, simulate
 def test_two_runs_never_share_dp_accounting(plan, data, tmp_path) -> None:
     raw = plan.model_dump()
     raw.update(rounds=2)
-    raw["training"].update(local_steps=2)
-    raw["privacy"].update(dp=True, noise_multiplier=1.0, delta=1e-3)
+    raw["privacy"].update(dp=True, noise_multiplier=1.0, delta=1e-3, local_steps=2, max_batch_size=16)
     dp = Plan.model_validate(raw)
     ctx = SimContext(dp, data)
     kw = {"progress": False, "site_eval": False, "export": False, "plots": False, "context": ctx}
