@@ -16,7 +16,8 @@ Invariants, all from how ``aggregator/service.py`` builds its state:
 - every slot vector belongs to a member's slot and each member has either
   all of its slots or none (a site that joined but never took part yet);
 - vectors and cluster vectors have the plan's adapter size, centroids the
-  sketch dimension, and all of them are finite;
+  sketch dimension, accumulated sketch sums too (and only for slots with a
+  vector), and all of them are finite;
 - cluster ids (labels, cluster vectors, centroids) are in ``0..k-1`` and
   labels name slots that have vectors.
 """
@@ -65,6 +66,7 @@ def checkpoint_problems(state: ServerState, members: Mapping[str, Any], tasks: M
     out += _member_problems(members, tasks, facts)
     out += _vector_problems(state, members, facts)
     out += _cluster_problems(state, facts)
+    out += _sketch_sum_problems(state, facts)
     return out
 
 
@@ -129,6 +131,13 @@ def _cluster_problems(state: ServerState, facts: PlanFacts) -> list[str]:
     out += _id_problems("centroid", clusters.centroids, facts.k)
     out += _array_problems("centroid", clusters.centroids, (facts.sketch_dim,))
     return out
+
+
+def _sketch_sum_problems(state: ServerState, facts: PlanFacts) -> list[str]:
+    """Accumulated sketches (clustering.accumulate) belong to slots with a vector and have the sketch shape."""
+    unknown = sorted(set(state.sketch_sums) - set(state.vectors))
+    out = [f"sketch sums name slot(s) {_few(unknown)} that have no vector"] if unknown else []
+    return out + _array_problems("sketch sum of slot", state.sketch_sums, (facts.sketch_dim,))
 
 
 def _id_problems(what: str, arrays: Mapping[int, np.ndarray], k: int) -> list[str]:

@@ -194,6 +194,8 @@ class Assignment:
 
     round: int
     clusters: ClusterResult
+    sketch_sums: dict[str, np.ndarray] = field(default_factory=dict)
+    """With ``clustering.accumulate``: each slot's sketches summed over the rounds so far (what was clustered)."""
 
     @property
     def labels(self) -> dict[str, int]:
@@ -218,6 +220,8 @@ class ServerState:
     own: dict[str, int] = field(default_factory=dict)
     """Secure aggregation: slot -> round whose own trained vector the slot starts from (its cluster was not
     summed); the aggregator never holds that vector, so ROUND_START and FINAL tell the site to use its own."""
+    sketch_sums: dict[str, np.ndarray] = field(default_factory=dict)
+    """With ``clustering.accumulate``: slot -> the sum of its sketches over the rounds so far."""
 
     @classmethod
     def initial(cls, plan: Plan, keys: Sequence[str], start: np.ndarray) -> ServerState:
@@ -234,6 +238,7 @@ class ServerState:
             out.update({f"label/{key}": np.array([c], np.int64) for key, c in self.clusters.labels.items()})
             out.update({f"centroid/{c}": np.asarray(v, np.float64) for c, v in self.clusters.centroids.items()})
         out.update({f"own/{key}": np.array([r], np.int64) for key, r in self.own.items()})
+        out.update({f"sketch_sum/{key}": np.asarray(v, np.float64) for key, v in self.sketch_sums.items()})
         return out
 
     @classmethod
@@ -244,7 +249,7 @@ class ServerState:
         except (KeyError, ValueError) as exc:
             raise StateError("server checkpoint lacks a scalar 'round' or 'k'; it is not a ServerState") from exc
         groups: dict[str, dict[str, np.ndarray]] = {"vector": {}, "cluster_vector": {}, "label": {}, "centroid": {},
-                                                    "own": {}}  # fmt: skip
+                                                    "own": {}, "sketch_sum": {}}  # fmt: skip
         for name, arr in tensors.items():
             if name in ("round", "k"):
                 continue
@@ -263,6 +268,7 @@ class ServerState:
             cluster_vectors={_cid(c): a.astype(np.float32) for c, a in sorted(groups["cluster_vector"].items())},
             clusters=clusters,
             own={key: int(a.item()) for key, a in groups["own"].items()},
+            sketch_sums={key: a.astype(np.float64) for key, a in groups["sketch_sum"].items()},
         )
 
 
@@ -277,9 +283,19 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
 
     With ``clustering.distinct_per_site`` a site's slots go to distinct
     clusters (the site is the part of the slot key before ``/``, known to the
-    aggregator from the connection that sent the sketch).
+    aggregator from the connection that sent the sketch). With
+    ``clustering.accumulate`` each slot's sketch is added to the sum of its
+    earlier ones and the sums are clustered: each round projects with its own
+    seed, so the inner product of two sums estimates the sum of the rounds'
+    inner products (cross-round terms have mean zero), and the evidence of
+    every round adds up while independent DP noise averages out.
     """
     c = plan.clustering
+    sums: dict[str, np.ndarray] = {}
+    if c.accumulate:
+        sums = {key: state.sketch_sums.get(key, 0.0) + np.asarray(sk, dtype=np.float64)
+                for key, sk in sketches.items()}
+        sketches = sums
     result = cluster_sketches(
         sketches,
         plan.k,
@@ -290,7 +306,7 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         previous=state.clusters,
         groups={key: site_of(key) for key in sketches} if c.distinct_per_site else None,
     )
-    return Assignment(round=state.round, clusters=result)
+    return Assignment(round=state.round, clusters=result, sketch_sums=sums)
 
 
 def crowded_warning(round_index: int, crowded: Sequence[str], keys: Sequence[str], k: int) -> str:
@@ -336,4 +352,5 @@ def server_aggregate(
         cluster_vectors={**state.cluster_vectors, **means},
         clusters=assignment.clusters,
         own={key: r for key, r in state.own.items() if key not in assignment.labels},
+        sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
     )

@@ -103,7 +103,7 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
     new = ServerState(
         round=state.round + 1, k=state.k, vectors=vectors, cluster_vectors={**state.cluster_vectors, **means},
         clusters=ClusterResult(k=assignment.clusters.k, labels=used, centroids=assignment.clusters.centroids),
-        own={**carried, **own},
+        own={**carried, **own}, sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
     )  # fmt: skip
     return new, report
 
@@ -128,4 +128,4 @@ def resolve_own(state: ServerState, trained: Mapping[str, np.ndarray]) -> Server
     vectors = dict(state.vectors)
     for key in state.own:
         vectors[key] = np.asarray(trained[key], dtype=np.float32).copy()
-    return ServerState(state.round, state.k, vectors, state.cluster_vectors, state.clusters, {})
+    return ServerState(state.round, state.k, vectors, state.cluster_vectors, state.clusters, {}, state.sketch_sums)

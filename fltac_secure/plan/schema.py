@@ -175,6 +175,13 @@ class Clustering(Strict):
         "wrong cluster is left in a later round; needs sketch_dim ~1024, and near convergence a round can mix "
         "tasks: measured once on bench-4task, then recovered).",
     )
+    accumulate: bool = Field(
+        default=False,
+        description="Cluster each slot's sketches summed over the rounds so far instead of this round's alone. "
+        "With delta features the evidence of every round adds up and independent DP noise averages out, so a "
+        "noisy round cannot scatter settled clusters; still post-processing of what the sites sent (no privacy "
+        "cost). Each round's own projection makes the sums estimate the sum of the rounds' inner products.",
+    )
     distinct_per_site: bool = Field(
         default=True,
         description="Put a site's task slots in distinct clusters (they are different tasks by construction): "

@@ -52,7 +52,7 @@ def make_ckpt(r: int) -> Checkpoint:
                              centroids={0: rng.standard_normal(SKETCH), 1: rng.standard_normal(SKETCH)})
     state = ServerState(round=r, k=2, vectors=vectors,
                         cluster_vectors={c: rng.standard_normal(VEC).astype(np.float32) for c in (0, 1)},
-                        clusters=clusters)
+                        clusters=clusters, sketch_sums={key: rng.standard_normal(SKETCH) for key in keys})
     history = [{"round": i, "clusters": {"site1/0": 0}, "seconds": 1.25} for i in range(r)]
     return Checkpoint(state, {"site1": [30, 12], "site2": [25]}, {}, history)
 
@@ -85,7 +85,7 @@ def saved(ws: Path, rounds: list[int]) -> Store:
 def assert_same(got: Checkpoint, want: Checkpoint) -> None:
     g, w = got.state, want.state
     assert (g.round, g.k) == (w.round, w.k)
-    for name in ("vectors", "cluster_vectors"):
+    for name in ("vectors", "cluster_vectors", "sketch_sums"):
         a, b = getattr(g, name), getattr(w, name)
         assert sorted(a) == sorted(b)
         for key in b:
@@ -323,6 +323,10 @@ FORGED: dict[str, tuple[dict[str, Any], str]] = {
                            "cluster count k = 72000000000000000"),
     "label off by 124": ({"tensors": _set("label/site1/0", np.array([124]))}, "cluster label(s) 124 are outside 0..1"),
     "centroid id out of range": ({"tensors": _set("centroid/5", np.zeros(SKETCH))}, "centroid id(s) 5"),
+    "sketch sum of wrong size": ({"tensors": _set("sketch_sum/site1/0", np.zeros(SKETCH + 1))},
+                                 f"must have shape ({SKETCH},)"),
+    "sketch sum of no slot": ({"tensors": _set("sketch_sum/site9/0", np.zeros(SKETCH))},
+                              "sketch sums name slot(s) site9/0"),
     "vector of wrong size": ({"tensors": _set("vector/site2/0", np.zeros(VEC + 1, np.float32))},
                              "must have shape (6,)"),
     "NaN in a cluster vector": ({"tensors": _set("cluster_vector/1", np.full(VEC, np.nan, np.float32))}, "NaN"),

@@ -77,3 +77,38 @@ def test_oracle_and_features_and_seeds(state_and_sketches) -> None:
     np.testing.assert_array_equal(clustering_features(v, s, 4, "full"), v)
     assert slot_seed(plan, "s1", "a", 0) == slot_seed(plan, "s1", "a", 0) != slot_seed(plan, "s1", "a", 1)
     assert slot_seed(plan, "s1", "a", 0) != slot_seed(plan, "s2", "a", 0)
+
+
+def test_accumulated_sketches_keep_clusters_through_a_noisy_round(plan_factory) -> None:
+    """clustering.accumulate: sums of each slot's sketches are clustered. After two clear rounds, a round of pure
+    noise scatters fresh clusters but not the sums; the sums travel in the state and its checkpoint."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    rng = np.random.default_rng(1)
+    keys = [f"s{i}/{j}" for i in range(6) for j in range(3)]
+    task = [int(k[-1]) for k in keys]
+    centres = rng.standard_normal((3, 64))
+
+    def clear() -> dict[str, np.ndarray]:
+        return {k: centres[int(k[-1])] + rng.standard_normal(64) * 0.3 for k in keys}
+
+    def noise() -> dict[str, np.ndarray]:
+        return {k: rng.standard_normal(64) * 1.5 for k in keys}
+
+    results = {}
+    for accumulate in (False, True):
+        plan = plan_factory(sketch_dim=64, accumulate=accumulate, distinct_per_site=False)
+        state = ServerState.initial(plan, keys, np.zeros(5, np.float32))
+        aris = []
+        for sketches in (clear(), clear(), noise()):
+            a = server_assign(state, sketches, plan)
+            aris.append(ari(task, [a.labels[k] for k in keys]))
+            state = server_aggregate(state, a, {k: np.zeros(5, np.float32) for k in keys}, {k: 1 for k in keys}, plan)
+        results[accumulate] = (aris, state)
+    assert results[False][0][:2] == [1.0, 1.0] and results[False][0][2] < 0.5  # fresh: the noisy round scatters
+    assert results[True][0] == [1.0, 1.0, 1.0]  # accumulated: it does not
+    state = results[True][1]
+    assert sorted(state.sketch_sums) == sorted(keys) and results[False][1].sketch_sums == {}
+    back = ServerState.from_tensors(load(save(state.to_tensors())))
+    for k in keys:
+        np.testing.assert_array_equal(back.sketch_sums[k], state.sketch_sums[k])
