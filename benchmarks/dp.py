@@ -63,7 +63,8 @@ def full_size() -> dict[str, Any]:
 
 
 def make_plan(base: Path, size: dict[str, Any], epsilon: float, seed: int = 0,
-              recipe: dict[str, Any] | None = None, old: bool = False) -> Any:
+              recipe: dict[str, Any] | None = None, old: bool = False,
+              clustering: dict[str, Any] | None = None) -> Any:
     from fltac_secure.plan import load_plan
     from fltac_secure.plan.schema import Plan
 
@@ -83,6 +84,7 @@ def make_plan(base: Path, size: dict[str, Any], epsilon: float, seed: int = 0,
     if "train_a" in over:
         raw["model"]["lora"]["train_a"] = over.pop("train_a")
     raw["privacy"].update(over)
+    raw["clustering"].update(clustering or {})
     return Plan.model_validate(raw)
 
 
@@ -262,6 +264,8 @@ def parse() -> argparse.Namespace:
                     help=f"override a size setting (repeatable), keys: {', '.join(SIZE)}")
     ap.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a DP setting (repeatable), keys: {', '.join(RECIPE_KEYS)}")
+    ap.add_argument("--cluster", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a clustering setting (repeatable), e.g. --cluster features=delta")
     ap.add_argument("--name", default=None, help="results file stem (default dp; dp_quick with --quick)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-dp")
     ap.add_argument("--results", type=Path, default=None, help="where to write (default benchmarks/results)")
@@ -280,6 +284,12 @@ def parse() -> argparse.Namespace:
         low = value.lower()
         args.recipe_over[key] = {"true": True, "false": False}.get(low, value if key == "optimizer" else
                                                                     (int(value) if value.isdigit() else float(value)))
+    args.cluster_over = {}
+    for item in args.cluster:
+        key, _, value = item.partition("=")
+        if not key or not value:
+            ap.error(f"--cluster {item!r}: use KEY=VALUE")
+        args.cluster_over[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
     try:
         args.eps = [float(e) for e in args.epsilons.split(",") if e]
     except ValueError:
@@ -302,7 +312,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     size, bench = args.size, ROOT / "plans" / "bench-4task.yaml"
-    probe = make_plan(bench, size, 8.0, recipe=args.recipe_over)
+    probe = make_plan(bench, size, 8.0, recipe=args.recipe_over, clustering=args.cluster_over)
     p = probe.privacy
     meta = {
         "setup": f"{'bench-4task' if args.full else 'reduced bench-4task'}: {size}; FL-TAC rank 1; delta 1e-5, RDP, "
@@ -312,11 +322,13 @@ def main() -> None:
                   f"{p.max_batch_size} / n), {p.local_steps} steps per round, clip {p.max_grad_norm:g}, LoRA A "
                   f"{'trained' if probe.trains_lora_a else 'frozen (FFA-LoRA)'}, unused head rows without noise; "
                   f"'eps=8 old': AdamW lr {probe.training.learning_rate:g}, batch {size['batch_size']}, "
-                  f"{size['local_steps']} steps per round, A trained",
+                  f"{size['local_steps']} steps per round, A trained; clustering features {probe.clustering.features}, "
+                  f"sketch dim {probe.clustering.sketch_dim}, accumulate {probe.clustering.accumulate}",
         "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
                    + (f" --epsilons {args.epsilons}" if args.epsilons != EPSILONS else "")
                    + (" --no-old" if args.no_old else "") + f" --seeds {args.seeds}"
                    + "".join(f" --set {x}" for x in args.set) + "".join(f" --recipe {x}" for x in args.recipe)
+                   + "".join(f" --cluster {x}" for x in args.cluster)
                    + (f" --name {args.name}" if args.name not in ("dp", "dp_quick") else ""),
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, shared with other jobs"}
     saved = args.results / f"{args.name}.json"
@@ -346,7 +358,7 @@ def main() -> None:
                 if data is None:
                     data = build_federated_data(make_plan(bench, size, math.inf, seed))
                     data.test = {t: stratified_sample(ds, size["test_cap"], seed) for t, ds in data.test.items()}
-                plan = make_plan(bench, size, eps, seed, args.recipe_over, old=old)
+                plan = make_plan(bench, size, eps, seed, args.recipe_over, old=old, clustering=args.cluster_over)
                 rec = run_epsilon(eps, plan, data, args.work / f"seed{seed}" / name.replace(" ", "-"))
                 row["per_seed"][str(seed)] = rec
                 row["summary"] = summarise(row["per_seed"])
