@@ -55,6 +55,17 @@ FULL = {"rounds": 5, "local_steps": 10, "max_seq_length": 40, "batch_size": 16, 
 QUICK = {"rounds": 2, "local_steps": 3, "max_seq_length": 32, "batch_size": 8, "max_examples": 600, "test_cap": 60}
 
 
+def setting_value(value: str) -> Any:
+    """A ``--set`` value as the plan wants it: true/false as bools, integers as ints, else the string."""
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
 def results_name(plan_path: Path) -> str:
     """``accuracy`` for bench-4task, ``accuracy-conflict`` for bench-conflict, ``accuracy-<stem>`` otherwise."""
     stem = plan_path.stem
@@ -122,13 +133,15 @@ def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, nam
 
 
 def parse() -> argparse.Namespace:
+    from fltac_secure.plan.schema import CLUSTERING_FEATURES
+
     ap = argparse.ArgumentParser(description="FL-TAC accuracy benchmark (see module doc)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, minutes per row")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per row (0..N-1: partition and training seed)")
     ap.add_argument("--only", default="", help="comma-separated variants to (re)run; merged into saved results")
     ap.add_argument("--resume", action="store_true", help="keep saved (variant, seed) runs of the same setup")
     ap.add_argument("--plan", type=Path, default=ROOT / "plans" / "bench-4task.yaml")
-    ap.add_argument("--features", choices=["full", "lora", "delta"], default=None, help="override clustering.features")
+    ap.add_argument("--features", choices=CLUSTERING_FEATURES, default=None, help="override clustering.features")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-accuracy")
     ap.add_argument("--results", type=Path, default=None,
                     help="where to write (default benchmarks/results; with --quick: WORK/results)")
@@ -140,7 +153,7 @@ def parse() -> argparse.Namespace:
     args.clustering = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        args.clustering[key] = {"true": True, "false": False}.get(value.lower(), value)
+        args.clustering[key] = setting_value(value)
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.results is None:

@@ -33,6 +33,7 @@ from fltac_secure.learning.aggregate import cluster_means, redistribute
 from fltac_secure.learning.cluster import ClusterResult, cluster_sketches, site_of
 from fltac_secure.learning.seeding import derive_seed
 from fltac_secure.learning.sketch import make_sketcher, round_sketch_seed
+from fltac_secure.plan.schema import CLUSTERING_FEATURES
 
 if TYPE_CHECKING:
     from fltac_secure.learning.model import SlotModel
@@ -93,14 +94,24 @@ class SlotResult:
 
 
 def clustering_features(vector: np.ndarray, start: np.ndarray, lora_size: int, features: str) -> np.ndarray:
-    """What is sketched: the full vector, its LoRA prefix, or its change during the round."""
+    """What is sketched (``clustering.features``), from the slot's new ``vector`` and its round ``start``.
+
+    The vector is the LoRA part (``lora_size`` entries) then head.weight then
+    head.bias: ``full`` is the whole vector, ``lora`` its LoRA prefix,
+    ``delta`` ``vector - start``, ``head`` the head part ``vector[lora_size:]``
+    and ``head-delta`` the head part of ``vector - start``.
+    """
     if features == "full":
         return vector
     if features == "lora":
         return vector[:lora_size]
     if features == "delta":
         return vector - start
-    raise ValueError(f"unknown clustering.features {features!r}; choose full, lora or delta")
+    if features == "head":
+        return vector[lora_size:]
+    if features == "head-delta":
+        return vector[lora_size:] - start[lora_size:]
+    raise ValueError(f"unknown clustering.features {features!r}; choose one of {', '.join(CLUSTERING_FEATURES)}")
 
 
 def sketch_features(plan: Plan, round_index: int, feats: np.ndarray) -> np.ndarray:
