@@ -94,3 +94,9 @@ class SecAggError(FltacError, ValueError):
     def __init__(self, message: str, reason: str = "secagg") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class CompressionError(FltacError, ValueError):
+    """A quantised update is malformed (lengths, scales or values out of range) or a setting is impossible."""
+
+    exit_code = 1
