@@ -301,6 +301,36 @@ class SecureAggregation(Strict):
     )  # fmt: skip
 
 
+class Compression(Strict):
+    """Quantised updates (``fltac_secure.learning.compress``): fewer upload bytes per slot and round.
+
+    Each site sends its update (trained vector minus the round's start vector) stochastically rounded to
+    ``bits`` per number, unbiased, with one float32 scale per block; the aggregator adds it to the start it
+    sent.  Quantising a DP result is post-processing (no privacy cost).  The rounding noise comes from the
+    operating system, never from the plan's seeds.
+    """
+
+    bits: Literal[32, 16, 8, 4, 2] = Field(
+        default=32,
+        description="Bits per number of each uploaded update: 32 is off (float32 vectors, as without this section); "
+        "16, 8, 4 or 2 quantise (8 bits: about a quarter of the float32 bytes, plus 4 bytes per block).",
+    )
+    block_size: int = Field(
+        default=256, ge=8, le=1 << 20,
+        description="Numbers sharing one float32 scale (their max |x|): smaller blocks follow the update's range "
+        "more closely (less rounding noise) for 32 / block_size more bits per number.",
+    )  # fmt: skip
+    error_feedback: bool = Field(
+        default=False,
+        description="Each site keeps what rounding left out (per slot, across rounds, in its workspace) and adds "
+        "it to its next update, so quantisation errors do not accumulate (Karimireddy et al. 2019).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < 32
+
+
 class Quorum(Strict):
     min_collaborators: int = Field(default=1, ge=1, description="Answers needed for a round to proceed.")
 
@@ -378,6 +408,9 @@ class Plan(Strict):
     training: Training = Field(default_factory=Training)
     privacy: Privacy = Field(default_factory=Privacy)
     secure_aggregation: SecureAggregation = Field(default_factory=SecureAggregation)
+    compression: Compression = Field(
+        default_factory=Compression, description="Quantised updates (off by default: bits 32)."
+    )
     quorum: Quorum = Field(default_factory=Quorum)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
@@ -413,6 +446,12 @@ class Plan(Strict):
             )
         self._ring_fits()
         self._slices_disjoint()
+        if self.compression.enabled and self.secure_aggregation.enabled:
+            raise ValueError(
+                f"compression.bits = {self.compression.bits} together with secure_aggregation.enabled: true is not "
+                "supported yet (quantised integers are not summed in the masked ring); set compression.bits: 32 "
+                "or secure_aggregation.enabled: false"
+            )
         if self.quorum.min_collaborators > len(self.roster):
             raise ValueError(
                 f"quorum.min_collaborators = {self.quorum.min_collaborators} exceeds the roster size "
@@ -454,6 +493,13 @@ class Plan(Strict):
                 f"{capacity(sa.ring_bits, sa.clip, sa.fractional_bits)} sites sum in a {sa.ring_bits}-bit ring, the roster has {members}; use "
                 f"fractional_bits <= {fits}, a smaller clip or ring_bits: 64"
             )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("compression") == Compression().model_dump(mode="json"):
+            out.pop("compression", None)  # plans without compression keep the hash they had
+        return out
 
     # derived values -------------------------------------------------------
     @property

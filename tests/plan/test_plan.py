@@ -58,6 +58,10 @@ INVALID = [
     ("privacy.noise_multiplier", -1.0, "privacy.noise_multiplier"),
     ("quorum.min_collaborators", 9, "quorum"),
     ("clustering.sketch_dim", 1, "clustering.sketch_dim"),
+    ("compression.bits", 3, "compression.bits"),
+    ("compression.bits", 1, "compression.bits"),
+    ("compression.block_size", 4, "compression.block_size"),
+    ("compression.error_feedbak", True, "compression"),
     ("limits.max_message_mb", 0, "limits.max_message_mb"),
     ("surprise", 1, "surprise"),
     ("training.lr", 0.1, "training.lr"),
@@ -243,10 +247,32 @@ def test_connect_limit_defaults_to_two_rounds_and_a_minute_and_is_hashed(tmp_pat
         ("training.learning_rate", 0.004),
         ("secure_aggregation.clip", 4.0),
         ("secure_aggregation.threshold", 0.75),
+        ("compression.block_size", 64),
     ],
 )
 def test_hash_changes_with_any_semantic_change(tmp_path, path, value):
     assert plan_hash(load_plan(write(tmp_path, mutate(path, value)))) != plan_hash(load_plan(DEMO_PLAN))
+
+
+def test_compression_off_keeps_the_hash_and_on_is_hashed(tmp_path):
+    """A plan without the section, or with it at its defaults, keeps the hash it had before the section existed."""
+    def hashed(**compression):
+        data = mutate("secure_aggregation.enabled", False)
+        if compression:
+            data["compression"] = compression
+        return plan_hash(load_plan(write(tmp_path, data)))
+
+    assert "compression" not in load_plan(DEMO_PLAN).model_dump(mode="json")
+    assert hashed(bits=32, block_size=256, error_feedback=False) == hashed()
+    assert len({hashed(), hashed(bits=8), hashed(bits=8, block_size=64), hashed(bits=8, error_feedback=True),
+                hashed(bits=4)}) == 5
+
+
+def test_compression_with_secure_aggregation_is_refused_naming_both_keys(tmp_path):
+    data = mutate("compression", {"bits": 8})
+    data["secure_aggregation"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="compression.bits.*secure_aggregation.enabled"):
+        load_plan(write(tmp_path, data))
 
 
 def test_hash_cli_matches_library():
