@@ -140,7 +140,8 @@ class SharedAdapterMethod(Method):
             advance(progress)
         self.vector = weighted_mean(vecs, counts, self.ctx.plan.aggregation.weighting)
         n, d = len(vecs), self.vector_size
-        return RoundOutcome(up_params=n * (d + 1), down_params=n * d, train_loss=float(np.mean(losses)),
+        return RoundOutcome(up_params=n * (d + 1), down_params=n * d, up_bytes=n * (4 * d + 8), down_bytes=n * 4 * d,
+                            train_loss=float(np.mean(losses)),
                             train_steps=steps)
 
     def global_adapters(self) -> dict[str, list[tuple[np.ndarray, int]]]:

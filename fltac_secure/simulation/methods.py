@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from fltac_secure.federation.compressed import compress_results, rebuild_vectors, update_nbytes
 from fltac_secure.federation.rounds import (
     Assignment,
     ServerState,
@@ -52,6 +53,9 @@ class RoundOutcome:
 
     up_params: int = 0
     down_params: int = 0
+    up_bytes: int = 0  # data bytes up (vectors float32 or quantised, sketches float64, counts 8 bytes each)
+    down_bytes: int = 0  # data bytes down (vectors float32, cluster ids 8 bytes each)
+    bits: int = 32  # bits per number of the uploaded vectors (compression.bits)
     train_loss: float = float("nan")
     sketches: dict[str, np.ndarray] | None = None
     labels: dict[str, int] | None = None
@@ -138,6 +142,9 @@ class FLTAC(Method):
         self.state = ServerState.initial(ctx.plan, list(ctx.key_task), self.init)
         self._secagg: LocalSecureAggregation | None = None
         self.secure_report: dict[int, dict] = {}
+        self.residuals: dict[str, np.ndarray] = {}  # compression.error_feedback: each slot's residual (its site's)
+        self.compression_rngs: dict[str, np.random.Generator] | None = None
+        """Test hook: per site, the generator its quantisation draws from (None: OS randomness, as in the roles)."""
 
     def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
         return server_assign(self.state, sketches, self.ctx.plan)
@@ -152,6 +159,8 @@ class FLTAC(Method):
                 losses.append(res.stats.get("loss", np.nan))
                 steps += int(res.stats.get("steps", 0))
             advance(progress)
+        if plan.compression.enabled:
+            vectors = self._through_compression(vectors)
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
             self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts)
@@ -161,6 +170,9 @@ class FLTAC(Method):
         return RoundOutcome(
             up_params=n * (d + self.sketch_params + 1),
             down_params=n * (d + 1),
+            up_bytes=n * (update_nbytes(plan, d) + 8 * self.sketch_params + 8),
+            down_bytes=n * (4 * d + 8),
+            bits=plan.compression.bits,
             train_loss=float(np.nanmean(losses)),
             train_steps=steps,
             sketches=sketches,
@@ -171,6 +183,17 @@ class FLTAC(Method):
     @property
     def sketch_params(self) -> int:
         return self.ctx.plan.clustering.sketch_dim
+
+    def _through_compression(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What the server rebuilds from each site's quantised update (the residuals stay with the sites)."""
+        out: dict[str, np.ndarray] = {}
+        for site in self.ctx.sites:
+            mine = {k: v for k, v in vectors.items() if k.rsplit("/", 1)[0] == site}
+            rng = self.compression_rngs[site] if self.compression_rngs is not None else None
+            sent = compress_results(self.ctx.plan, mine, self.state.vectors, self.residuals, rng=rng)
+            self.residuals.update({k: u.residual for k, u in sent.items() if u.residual is not None})
+            out.update(rebuild_vectors(self.state.vectors, {k: u.q for k, u in sent.items()}))
+        return out
 
     def _secure(self) -> LocalSecureAggregation:
         if self._secagg is None:

@@ -128,6 +128,7 @@ def _one_round(runner: Method, r: int, advance: Callable[[], None], *, evaluate:
     outcome = runner.run_round(r, advance)
     rec: dict[str, Any] = {
         "method": runner.name, "round": r, "up_params": outcome.up_params, "down_params": outcome.down_params,
+        "up_bytes": outcome.up_bytes, "down_bytes": outcome.down_bytes, "bits": outcome.bits,
         "train_loss": outcome.train_loss, "train_steps": outcome.train_steps, "train_s": round(time.perf_counter() - t0, 3),
     }
     if runner.ctx.plan.privacy.dp:
