@@ -39,10 +39,11 @@ import numpy as np
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.final import FinalPhase, finish, on_join
 from aggregator.phases import Member, Phase, join_of, missed_reasons
-from fltac_secure.errors import FltacError, ProtocolError, StateError
+from fltac_secure.errors import CompressionError, FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
+from fltac_secure.federation.compressed import rebuild_vectors
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import (
     Assignment,
@@ -229,6 +230,8 @@ class Aggregator:
         if msg.kind == fm.UPDATE:
             assert self.phase is not None
             wanted = [i for i, c in enumerate(self.phase.messages[peer].meta["clusters"]) if c >= 0]
+            if self.plan.compression.enabled:
+                return fm.parse_quantised(msg, wanted, self.shapes)
             return fm.parse_vectors(msg, wanted, self.shapes)
         return True  # DONE
 
@@ -337,6 +340,8 @@ class Aggregator:
             update_phase = self._broadcast(sketched, fm.ASSIGNMENT, fm.UPDATE, r,
                                            lambda s: self._assignment_message(assignment, s, r))
             updated = update_phase.answered_in(self.plan.roster)
+            if self.plan.compression.enabled:  # quantised updates: added to the start this aggregator sent
+                updated = self._rebuild(state, update_phase, updated)
             if len(updated) < quorum:
                 return f"{len(updated)} site(s) sent updates within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
             vectors = {slot_key(s, i): v for s in updated for i, v in update_phase.answers[s].items()}
@@ -349,6 +354,19 @@ class Aggregator:
                              missed_reasons(self.plan.roster, parts, sketched, updated), extra)
         self._commit(new, report, sketches)
         return new
+
+    def _rebuild(self, state: ServerState, phase: Phase, sites: list[str]) -> list[str]:
+        """Replace each site's quantised updates by start + update in ``phase.answers``; drop a site whose don't fit."""
+        kept = []
+        for s in sites:
+            try:
+                phase.answers[s] = {i: v for i, v in zip(phase.answers[s], rebuild_vectors(
+                    {slot_key(s, i): state.vectors[slot_key(s, i)] for i in phase.answers[s]},
+                    {slot_key(s, i): q for i, q in phase.answers[s].items()}).values(), strict=True)}
+                kept.append(s)
+            except CompressionError as exc:
+                self.log.warn(f"round {phase.round}: refused the UPDATE of {s}: {exc}")
+        return kept
 
     def _broadcast(self, sites: list[str], kind: str, answer: str, r: int,
                    build: Callable[[str], Message]) -> Phase:

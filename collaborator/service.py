@@ -61,9 +61,11 @@ class SimulatedCrash(RuntimeError):
 
 @dataclass
 class Faults:
-    """Test hooks (never set in production): die before sending ``(kind, round)``."""
+    """Test hooks (never set in production): die before sending ``(kind, round)``; quantise with
+    ``quantise_rng`` instead of fresh OS randomness (to compare a networked run with the simulator)."""
 
     crash_before: tuple[str, int] | None = None
+    quantise_rng: Any = None
 
 
 class Collaborator:
@@ -275,7 +277,7 @@ class Collaborator:
             started = time.monotonic()
             starts = {s.key: vectors[i] for i, s in enumerate(self.ws.slots)}
             results = client_round(self.ws.model, self.site.name, self.ws.slots, starts, r, self.plan, dp=self.dp)
-            self.cache = RoundCache(r, results)
+            self.cache = self._compress(RoundCache(r, results), starts)
             self.ws.save_cache(self.cache)
             self.ws.record_training(r, results)
             losses = ", ".join(f"{self.ws.tasks[_index(x.key)]} {x.stats.get('loss', float('nan')):.3f}" for x in results)
@@ -304,9 +306,36 @@ class Collaborator:
             return
         wanted = {i: have[i] for i, c in enumerate(clusters) if c >= 0 and i in have}
         self._crash_point(fm.UPDATE, r)
-        self._send(fm.UPDATE, r, tensors=fm.vector_tensors(wanted))
+        if self.plan.compression.enabled:
+            self._send_quantised(r, sorted(wanted))
+        else:
+            self._send(fm.UPDATE, r, tensors=fm.vector_tensors(wanted))
         self.last = (r, fm.UPDATE)
         self.log.info(f"round {r}: sent {len(wanted)} adapter(s) for clusters {[c for c in clusters if c >= 0]}")
+
+    def _compress(self, cache: RoundCache, starts: dict[str, Any]) -> RoundCache:
+        """With compression: quantise each slot's update (plus its residual) now, so a repeated request
+        is answered with the same bytes; the residuals are committed only when the UPDATE goes out."""
+        if not self.plan.compression.enabled or not cache.results:
+            return cache
+        from fltac_secure.federation.compressed import compress_results
+
+        size = self.shapes.vector_size
+        residuals = {_key(self.site.name, i): v for i, v in self.ws.read_residuals(size).items()}
+        sent = compress_results(self.plan, {x.key: x.vector for x in cache.results}, starts, residuals,
+                                rng=self.faults.quantise_rng)
+        cache.updates = {_index(k): u.q for k, u in sent.items()}
+        cache.residuals = {_index(k): u.residual for k, u in sent.items() if u.residual is not None}
+        return cache
+
+    def _send_quantised(self, r: int, wanted: list[int]) -> None:
+        """UPDATE with the cached quantised updates; error-feedback residuals committed first (idempotent:
+        a repeated ASSIGNMENT writes the same values, and a crash before sending loses nothing)."""
+        assert self.cache is not None
+        if self.plan.compression.error_feedback:
+            self.ws.commit_residuals(r, {i: self.cache.residuals[i] for i in wanted}, self.shapes.vector_size)
+        meta, tensors = fm.quantised_message_parts({i: self.cache.updates[i] for i in wanted}, self.shapes)
+        self._send(fm.UPDATE, r, meta, tensors)
 
     def _own(self, msg: Message, vectors: dict[int, Any]) -> dict[int, Any]:
         """Slots whose cluster was not securely summed continue from this site's own trained vector."""
@@ -344,4 +373,10 @@ class Collaborator:
 
 def _index(key: str) -> int:
     return int(key.rsplit("/", 1)[1])
+
+
+def _key(site: str, index: int) -> str:
+    from fltac_secure.federation.rounds import slot_key
+
+    return slot_key(site, index)
 

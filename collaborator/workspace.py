@@ -4,6 +4,10 @@
 ``state/globals.safetensors`` the latest global adapter of each slot (``slot/<i>``)
 ``state/round.safetensors``   this round's trained vectors and sketches, so a
                               restart mid-round answers without training again
+                              (with compression: each slot's quantised update and next residual too)
+``state/residuals.safetensors`` compression.error_feedback: each slot's residual (``residual/<i>``), what
+                              rounding left out of its uploads so far; replaced atomically when an
+                              UPDATE goes out, so a restart resumes it
 ``state/privacy.json``        the DP ledger (``fltac_secure.privacy``), when DP is on
 ``out/<task>/``               the latest global adapter of each task, peft format
 ``out/metrics.jsonl``         local test accuracy of those adapters, training loss
@@ -16,16 +20,17 @@ and ``slot_key(site, i)`` is the only name the aggregator ever sees.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fltac_secure.atomic import remove_stale_temps
-from fltac_secure.errors import StateError
+from fltac_secure.errors import CompressionError, StateError
 from fltac_secure.federation.rounds import ClientSlot, SlotResult, slot_key
 from fltac_secure.federation.storage import append_jsonl, read_json, read_tensors, write_json, write_tensors
+from fltac_secure.learning.compress import Quantised, from_wire
 from fltac_secure.plan import Plan, Site
 
 STATE = "state"
@@ -46,12 +51,21 @@ def _head(data: Any, n: int) -> Any:
                       labels=data.labels.index_select(0, idx), task=data.task)
 
 
+RESIDUALS = "residuals.safetensors"
+
+
 @dataclass
 class RoundCache:
-    """What a site computed in one round, kept until the round is over."""
+    """What a site computed in one round, kept until the round is over.
+
+    With compression: ``updates`` (slot index -> its quantised update) and, with error feedback,
+    ``residuals`` (slot index -> the residual the site keeps once that update is sent).
+    """
 
     round: int
     results: list[SlotResult]
+    updates: dict[int, Quantised] = field(default_factory=dict)
+    residuals: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class SiteWorkspace:
@@ -109,6 +123,9 @@ class SiteWorkspace:
             tensors[f"vector/{i}"] = res.vector
             tensors[f"sketch/{i}"] = np.asarray(res.sketch, np.float64)
             tensors[f"count/{i}"] = np.array([res.n_samples], np.int64)
+        for i, q in cache.updates.items():
+            tensors[f"qslot/{i}"], tensors[f"qscale/{i}"] = q.packed, q.scales
+        tensors.update({f"residual/{i}": np.asarray(v, np.float32) for i, v in cache.residuals.items()})
         write_tensors(self.root / STATE / "round.safetensors", tensors)
 
     def load_cache(self) -> RoundCache | None:
@@ -119,7 +136,43 @@ class SiteWorkspace:
         idx = sorted(int(k.split("/")[1]) for k in t if k.startswith("vector/"))
         results = [SlotResult(slot_key(self.site.name, i), t[f"vector/{i}"], t[f"sketch/{i}"],
                               int(t[f"count/{i}"][0])) for i in idx if i < len(self.tasks)]
-        return RoundCache(int(t["round"][0]), results)
+        c, n = self.plan.compression, len(results[0].vector) if results else 0
+        try:
+            updates = {i: from_wire(t[f"qslot/{i}"], t[f"qscale/{i}"], n, c.bits, c.block_size)
+                       for i in idx if f"qslot/{i}" in t and c.enabled}
+        except (CompressionError, KeyError) as exc:
+            raise StateError(f"round cache {path} holds a damaged quantised update ({exc}); remove it to retrain "
+                             "the round") from None
+        residuals = {i: self._checked_residual(t[f"residual/{i}"], n, path) for i in idx if f"residual/{i}" in t}
+        return RoundCache(int(t["round"][0]), results, updates, residuals)
+
+    # -- error feedback --------------------------------------------------------------
+    def read_residuals(self, size: int) -> dict[int, np.ndarray]:
+        """Slot index -> its error-feedback residual (none yet: empty), each checked: (size,) float32, finite."""
+        path = self.root / STATE / RESIDUALS
+        if not path.is_file():
+            return {}
+        t = read_tensors(path, "error-feedback residuals")
+        out = {}
+        for name, arr in t.items():
+            kind, _, idx = name.partition("/")
+            if kind != "residual" or not idx.isdigit() or int(idx) >= len(self.tasks):
+                raise StateError(f"unexpected tensor {name!r} in {path}; remove the file to restart error feedback")
+            out[int(idx)] = self._checked_residual(arr, size, path)
+        return out
+
+    def commit_residuals(self, r: int, residuals: dict[int, np.ndarray], size: int) -> None:
+        """Replace the residuals of the slots whose update of round ``r`` goes out (atomic; idempotent)."""
+        merged = {**self.read_residuals(size), **residuals}
+        write_tensors(self.root / STATE / RESIDUALS, {f"residual/{i}": np.asarray(v, np.float32)
+                                                      for i, v in sorted(merged.items())}, {"round": str(r)})
+
+    @staticmethod
+    def _checked_residual(arr: np.ndarray, size: int, path: Path) -> np.ndarray:
+        if arr.dtype != np.float32 or arr.shape != (size,) or not np.isfinite(arr).all():
+            raise StateError(f"{path} holds a residual of {arr.dtype} {arr.shape} (or NaN/Inf), expected finite "
+                             f"float32 ({size},); it is from another plan or damaged: remove it")
+        return arr
 
     # -- global adapters -------------------------------------------------------------
     def keep_globals(self, r: int, vectors: dict[int, np.ndarray], *, final: bool = False) -> list[dict[str, Any]]:

@@ -85,6 +85,7 @@ def _print_tables(report: AuditReport) -> None:
         ratio = row["total"] / actual if actual else None
         c.add_row(name, _fmt(row["up"]), _fmt(row["down"]), _fmt(row["total"]), "-" if ratio is None else f"{ratio:.2f}x")
     console.print(c)
+    _print_bytes(report)
     secure = report.comparison.get("secure_aggregation")
     if secure:
         s = Table(title="Secure aggregation: bytes its own messages added (keys, sealed shares, signatures, "
@@ -99,6 +100,28 @@ def _print_tables(report: AuditReport) -> None:
         console.print(s)
     if report.ledger.skipped:
         console.print(f"[yellow]{report.ledger.skipped} torn or malformed ledger line(s) skipped[/yellow]")
+
+
+def _print_bytes(report: AuditReport) -> None:
+    """Bits per parameter by kind and the bytes saved against float32; FedIT's bytes for the same rounds."""
+    per = report.comparison.get("bytes") or {}
+    comp = report.comparison.get("compression") or {}
+    if not per:
+        return
+    bits = comp.get("bits", 32)
+    b = Table(title=f"Tensor bytes per parameter (compression.bits {bits}; float32 is 32 bits)")
+    for col in ("kind", "parameters", "tensor bytes", "bits / parameter", "float32 bytes", "saved"):
+        b.add_column(col, justify="right")
+    for kind, row in per.items():
+        b.add_row(kind, _fmt(row["parameters"]), _fmt(row["tensor_bytes"]), f"{row['bits_per_parameter']:.2f}",
+                  _fmt(row["float32_bytes"]), _fmt(row["bytes_saved"]))
+    console.print(b)
+    fedit = comp.get("fedit_bytes")
+    if fedit:
+        up = sum(r["tensor_bytes"] for k, r in per.items() if k in ("UPDATE", "SKETCHES", "SA_MASKED"))
+        console.print(f"FedIT would have uploaded {fedit['float32_up']:,} bytes in float32"
+                      + (f", {fedit['compressed_up']:,} at {bits} bits" if bits < 32 else "")
+                      + f"; FL-TAC uploaded {up:,} tensor bytes (updates and sketches)")
 
 
 def register(app: typer.Typer) -> None:

@@ -216,3 +216,29 @@ def secure_overhead(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> di
         "per_round": {k: v.as_dict() for k, v in sorted(per_round.items(), key=lambda kv: int(kv[0]))},
         "per_site": {k: v.as_dict() for k, v in sorted(per_site.items())},
     }
+
+
+def bytes_per_parameter(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per kind that carries parameters: parameters, tensor bytes, bits per parameter and bytes saved
+    against float32 (4 bytes per parameter; negative where a kind is wider, e.g. float64 sketches).
+
+    Tensor bytes are the data alone (no headers), so they equal what the shapes and bit widths imply.
+    Ledger lines written before tensor bytes were recorded are left out.
+    """
+    per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in entries:
+        if is_secagg_overhead(e.kind) or e.elements <= 0 or e.tensor_bytes < 0:
+            continue
+        per[e.kind][0] += e.elements
+        per[e.kind][1] += e.tensor_bytes
+    return {kind: {"parameters": p, "tensor_bytes": b, "bits_per_parameter": 8 * b / p,
+                   "float32_bytes": 4 * p, "bytes_saved": 4 * p - b}
+            for kind, (p, b) in sorted(per.items())}
+
+
+def fedit_bytes(cmp: Comparison, upload_bytes: int) -> dict[str, int]:
+    """FedIT's tensor bytes for the same participations: float32 both ways (as the paper counts it), and with
+    its uploads at ``upload_bytes`` per adapter (the same compression as FL-TAC's; downloads stay float32)."""
+    up_pairs = cmp.fedit_up // cmp.sizes.fedit_adapter if cmp.sizes.fedit_adapter else 0
+    return {"float32_up": 4 * cmp.fedit_up, "float32_down": 4 * cmp.fedit_down,
+            "compressed_up": up_pairs * upload_bytes, "compressed_down": 4 * cmp.fedit_down}

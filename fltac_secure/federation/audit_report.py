@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from fltac_secure.errors import ConfigError
-from fltac_secure.federation.audit import GROUPINGS, Totals, compare, group_totals, secure_overhead, total
+from fltac_secure.federation.audit import (
+    GROUPINGS,
+    Totals,
+    bytes_per_parameter,
+    compare,
+    fedit_bytes,
+    group_totals,
+    secure_overhead,
+    total,
+)
 from fltac_secure.federation.ledger import LEDGER_NAME, LedgerReadResult, read_ledger
 from fltac_secure.federation.sizes import model_sizes, workspace_model_facts
 from fltac_secure.federation.storage import PLAN_FILE
@@ -59,8 +68,23 @@ def audit_workspace(workspace: Path, by: str, rank: int, plan_path: Path | None 
         plan = load_plan(check_workspace(workspace, plan_path))
     led = read_ledger(Path(workspace) / LEDGER_NAME)
     sizes = model_sizes(plan, rank, workspace_model_facts(workspace, plan))
-    cmp = compare(led.entries, plan.roster, sizes).as_dict()
+    comparison = compare(led.entries, plan.roster, sizes)
+    cmp = comparison.as_dict()
+    cmp["bytes"] = bytes_per_parameter(led.entries, plan.roster)
+    cmp["compression"] = _compression(plan, comparison, sizes.fedit_adapter)
     secure = secure_overhead(led.entries, plan.roster)
     if secure is not None:
         cmp["secure_aggregation"] = secure
     return AuditReport(by, led, group_totals(led.entries, by, plan.roster), total(led.entries), cmp)
+
+
+def _compression(plan: Plan, comparison: Any, fedit_adapter: int) -> dict[str, Any]:
+    """The plan's compression and what FedIT would have moved in bytes, in float32 and at the same setting."""
+    c = plan.compression
+    up = fedit_adapter * 4
+    if c.enabled:
+        from fltac_secure.learning.compress import wire_nbytes  # numpy only
+
+        up = wire_nbytes(fedit_adapter, c.bits, c.block_size)
+    return {"bits": c.bits, "block_size": c.block_size, "error_feedback": c.error_feedback,
+            "fedit_bytes": fedit_bytes(comparison, up)}

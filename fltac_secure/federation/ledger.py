@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from fltac_secure.errors import StateError
 
 LEDGER_NAME = "ledger.jsonl"
-FIELDS = ("time", "site", "peer", "direction", "kind", "round", "msg_id", "elements", "payload_bytes", "wire_bytes")
+FIELDS = ("time", "site", "peer", "direction", "kind", "round", "msg_id", "elements", "payload_bytes", "wire_bytes",
+          "tensor_bytes")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class LedgerEntry:
     elements: int
     payload_bytes: int
     wire_bytes: int
+    tensor_bytes: int = -1  # tensor data alone; -1 in ledgers written before it was recorded
 
 
 class Ledger:
@@ -55,6 +57,7 @@ class Ledger:
         row["site"] = self.site
         row["time"] = float(row["time"] if row["time"] is not None else time.time())
         row["msg_id"] = str(row["msg_id"])
+        row["tensor_bytes"] = int(row["tensor_bytes"]) if row.get("tensor_bytes") is not None else -1
         self._append(row)
 
     def __call__(self, event: Any) -> None:  # usable directly as a transport ledger hook
@@ -94,6 +97,7 @@ def _parse(line: str) -> LedgerEntry | None:
             elements=int(row["elements"]),
             payload_bytes=int(row["payload_bytes"]),
             wire_bytes=int(row["wire_bytes"]),
+            tensor_bytes=int(row.get("tensor_bytes", -1)),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -6,7 +6,9 @@ Kinds (``->`` shows the direction)::
     ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from
     SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float64; meta: slots, counts
     ASSIGNMENT   agg -> collab   round r; meta: clusters (one id in [0, k) per slot, -1: not assigned)
-    UPDATE       collab -> agg   round r; tensors slot/<i> (D,) float32: the trained vectors of the assigned slots
+    UPDATE       collab -> agg   round r; tensors slot/<i> (D,) float32: the trained vectors of the assigned slots;
+                                 with compression.bits < 32 instead qslot/<i> uint8 (packed quantised update)
+                                 and qscale/<i> float32 (block scales); meta: bits, block_size, values (= D)
     DONE         collab -> agg   round R; the site holds the final adapters (the aggregator may stop)
     FINAL        agg -> collab   round R; tensors slot/<i> (D,) float32; meta: clusters
     ABORT        agg -> collab   the run stopped; meta: reason
@@ -42,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from fltac_secure.errors import ProtocolError
+from fltac_secure.errors import CompressionError, ProtocolError
+from fltac_secure.learning.compress import Quantised, from_wire
 from fltac_secure.transport.envelope import KindSpec, Message, kind_spec, no_tensors, register_kind, tensors_like
 
 JOIN = "JOIN"
@@ -60,6 +63,10 @@ MAX_SLOTS = 1024
 _SLOT_RE = re.compile(r"slot/(\d{1,4})")
 _SKETCH_RE = re.compile(r"sketch/(\d{1,4})")
 _VECTOR_RULE = tensors_like({r"slot/\d{1,4}": (["float32"], 1)})
+_QSLOT_RE = re.compile(r"qslot/(\d{1,4})")
+_QSCALE_RE = re.compile(r"qscale/(\d{1,4})")
+_UPDATE_RULE = tensors_like({r"slot/\d{1,4}": (["float32"], 1), r"qslot/\d{1,4}": (["uint8"], 1),
+                             r"qscale/\d{1,4}": (["float32"], 1)})
 _SKETCH_RULE = tensors_like({r"sketch/\d{1,4}": (["float64"], 1)})
 
 
@@ -70,7 +77,7 @@ def register_federation_kinds() -> None:
         ROUND_START: (_VECTOR_RULE, MAX_SLOTS),
         SKETCHES: (_SKETCH_RULE, MAX_SLOTS),
         ASSIGNMENT: (no_tensors, 0),
-        UPDATE: (_VECTOR_RULE, MAX_SLOTS),
+        UPDATE: (_UPDATE_RULE, 2 * MAX_SLOTS),
         FINAL: (_VECTOR_RULE, MAX_SLOTS),
         DONE: (no_tensors, 0),
         ABORT: (no_tensors, 0),
@@ -79,7 +86,22 @@ def register_federation_kinds() -> None:
         try:
             kind_spec(name)
         except ProtocolError:
-            register_kind(KindSpec(name, rule, max_tensors=max_tensors))
+            counter = update_parameters if name == UPDATE else None
+            register_kind(KindSpec(name, rule, max_tensors=max_tensors, count_parameters=counter))
+
+
+def update_parameters(msg: Message) -> int:
+    """The numbers an UPDATE stands for: float32 elements, plus ``values`` per packed ``qslot`` tensor.
+
+    For the ledger only (before any check, so it never raises): a message whose meta is not a plausible
+    quantisation header counts its raw tensor elements.  ``parse_quantised`` checks everything later.
+    """
+    packed = [a for n, a in msg.tensors.items() if _QSLOT_RE.fullmatch(n)]
+    values = msg.meta.get("values")
+    if not packed or not isinstance(values, int) or isinstance(values, bool) or values < 0:
+        return msg.tensor_elements
+    plain = sum(int(a.size) for n, a in msg.tensors.items() if _SLOT_RE.fullmatch(n))
+    return plain + sum(min(values, 4 * int(a.size)) for a in packed)  # at most 4 values (2 bits) per byte
 
 
 register_federation_kinds()
@@ -94,6 +116,8 @@ class Shapes:
     k: int
     secure_sites: int = 0  # roster size when secure aggregation is on: its key books list every member
     ring_bytes: int = 4  # bytes per element of a masked vector
+    bits: int = 32  # compression.bits: UPDATE carries quantised updates when below 32
+    block_size: int = 256  # compression.block_size
 
     def max_message_bytes(self, n_slots: int) -> int:
         """The largest legitimate message for a site of ``n_slots`` slots, plus 25% and 1 MiB of headroom.
@@ -115,7 +139,8 @@ def plan_shapes(plan: Any, vector_size: int) -> Shapes:
     """The Shapes of ``plan`` (a Plan) for adapters of ``vector_size``."""
     sa = plan.secure_aggregation
     return Shapes(vector_size, plan.clustering.sketch_dim, plan.k,
-                  secure_sites=len(plan.roster) if sa.enabled else 0, ring_bytes=sa.ring_bits // 8)  # fmt: skip
+                  secure_sites=len(plan.roster) if sa.enabled else 0, ring_bytes=sa.ring_bits // 8,
+                  bits=plan.compression.bits, block_size=plan.compression.block_size)  # fmt: skip
 
 
 def message_limit(plan_max_mb: float | None, shapes: Shapes, n_slots: int) -> int:
@@ -209,6 +234,60 @@ def parse_vectors(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[in
     if msg.kind not in (ROUND_START, UPDATE, FINAL):
         raise _refuse(msg, "does not carry adapter vectors", "bad_kind")
     return _indexed(msg, _SLOT_RE, slots, shapes.vector_size)
+
+
+def quantised_message_parts(updates: Mapping[int, Quantised], shapes: Shapes) -> tuple[dict, dict]:
+    """(meta, tensors) of a compressed UPDATE: ``qslot/<i>`` packed values, ``qscale/<i>`` block scales."""
+    meta = {"bits": shapes.bits, "block_size": shapes.block_size, "values": shapes.vector_size}
+    tensors: dict[str, np.ndarray] = {}
+    for i, q in sorted(updates.items()):
+        if (q.n, q.bits, q.block_size) != (shapes.vector_size, shapes.bits, shapes.block_size):
+            raise CompressionError(f"slot {i}'s update is {q.n} values at {q.bits} bits in blocks of {q.block_size}; "
+                                   f"the plan says {shapes.vector_size} at {shapes.bits} in blocks of {shapes.block_size}")
+        tensors[f"qslot/{i}"] = np.ascontiguousarray(q.packed, dtype=np.uint8)
+        tensors[f"qscale/{i}"] = np.ascontiguousarray(q.scales, dtype=np.float32)
+    return meta, tensors
+
+
+def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[int, Quantised]:
+    """A compressed UPDATE's quantised update for each slot in ``slots``, checked against the plan's sizes.
+
+    The header must repeat the plan's bits, block size and vector size; every length is computed from the
+    plan, never taken from the peer, and ``from_wire`` refuses NaN/negative scales and values off the grid.
+    """
+    if msg.kind != UPDATE:
+        raise _refuse(msg, "does not carry quantised updates", "bad_kind")
+    want = {"bits": shapes.bits, "block_size": shapes.block_size, "values": shapes.vector_size}
+    got = {k: msg.meta.get(k) for k in want}
+    if got != want:
+        raise _refuse(msg, f"quantisation header {got} does not match this plan's {want} (compression section)",
+                      "bad_meta")
+    packed = {n: a for n, a in msg.tensors.items() if not _QSCALE_RE.fullmatch(n)}
+    scales = {n: a for n, a in msg.tensors.items() if _QSCALE_RE.fullmatch(n)}
+    values = _indexed_any(msg, packed, _QSLOT_RE, slots)
+    blocks = _indexed_any(msg, scales, _QSCALE_RE, slots)
+    out: dict[int, Quantised] = {}
+    for i in sorted(values):
+        try:
+            out[i] = from_wire(values[i], blocks[i], shapes.vector_size, shapes.bits, shapes.block_size)
+        except CompressionError as exc:
+            raise _refuse(msg, f"slot {i}: {exc}") from None
+    return out
+
+
+def _indexed_any(msg: Message, tensors: Mapping[str, np.ndarray], pattern: re.Pattern[str],
+                 slots: Sequence[int]) -> dict[int, np.ndarray]:
+    """Tensors named by ``pattern`` for exactly the slot indices ``slots`` (any length: checked later)."""
+    found: dict[int, np.ndarray] = {}
+    for name, arr in tensors.items():
+        m = pattern.fullmatch(name)
+        if m is None:
+            raise _refuse(msg, f"unexpected tensor {name!r}", "bad_tensors")
+        found[int(m.group(1))] = np.asarray(arr)
+    if sorted(found) != sorted(slots):
+        raise _refuse(msg, f"expected {pattern.pattern.split('/')[0]} tensors for slots {sorted(slots)}, "
+                      f"got {sorted(found)}", "bad_tensors")
+    return found
 
 
 def sketches_message_parts(sketches: Mapping[int, np.ndarray], counts: Mapping[int, int]) -> tuple[dict, dict]:

@@ -102,8 +102,22 @@ class Message:
 
     @property
     def elements(self) -> int:
-        """Total number of tensor elements (what the audit counts as parameters)."""
+        """The parameters the message carries (what the audit counts): its tensor elements, unless its kind
+        registered a counter (a packed tensor of quantised values stands for more numbers than its bytes)."""
+        spec = _REGISTRY.get(self.kind)
+        if spec is not None and spec.count_parameters is not None:
+            return int(spec.count_parameters(self))
+        return self.tensor_elements
+
+    @property
+    def tensor_elements(self) -> int:
+        """Total number of tensor elements."""
         return int(sum(int(a.size) for a in self.tensors.values()))
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of tensor data (no headers)."""
+        return int(sum(int(a.nbytes) for a in self.tensors.values()))
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,8 @@ class KindSpec:
     validate_tensors: Callable[[Message], None]
     max_tensors: int = 0
     control: bool = False
+    count_parameters: Callable[[Message], int] | None = None
+    """How many parameters a message of this kind carries (default: its tensor elements); never raises."""
 
     def __post_init__(self) -> None:
         if not KIND_RE.match(self.name):

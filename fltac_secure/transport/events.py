@@ -19,7 +19,7 @@ class WireEvent:
     """One message that crossed the wire, as the ledger records it.
 
     ``payload_bytes`` is the encoded message size (envelope prefix, JSON header
-    and safetensors blob).  ``wire_bytes`` is the ciphertext moved in that
+    and safetensors blob); ``tensor_bytes`` the tensor data within it.  ``wire_bytes`` is the ciphertext moved in that
     direction since the previous event in the same direction, plus the ZMTP
     frame headers: TLS record overhead and the TLS handshake are included, so
     the sum of ``wire_bytes`` over a session is the session's total traffic.
@@ -34,6 +34,8 @@ class WireEvent:
     elements: int
     payload_bytes: int
     wire_bytes: int
+    tensor_bytes: int = -1
+    """Bytes of the tensors' data alone (no headers): what the shapes and dtypes imply; -1 where not known."""
 
 
 LedgerHook = Callable[[WireEvent], None]

@@ -184,10 +184,11 @@ class Link:
     # -- incoming / events --------------------------------------------------
     def report_message(self, direction: Direction, msg: Message, payload_bytes: int) -> None:
         """Emit the ``WireEvent`` of a decoded or sent message."""
-        self.report(direction, msg.kind, msg.round, msg.msg_id, msg.elements, payload_bytes)
+        self.report(direction, msg.kind, msg.round, msg.msg_id, msg.elements, payload_bytes, msg.tensor_bytes)
 
     def report(
-        self, direction: Direction, kind: str, round_: int, msg_id: int | str, elements: int, payload_bytes: int
+        self, direction: Direction, kind: str, round_: int, msg_id: int | str, elements: int, payload_bytes: int,
+        tensor_bytes: int = -1,
     ) -> None:
         """Emit a ``WireEvent``; wire bytes are the ciphertext since the last event."""
         if direction == "sent":
@@ -201,7 +202,7 @@ class Link:
                 WireEvent(
                     time=time.time(), peer=str(_short(self.name or self.peer)), direction=direction,
                     kind=str(_short(kind)), round=round_, msg_id=_short(msg_id), elements=elements,
-                    payload_bytes=payload_bytes, wire_bytes=wire,
+                    payload_bytes=payload_bytes, wire_bytes=wire, tensor_bytes=tensor_bytes,
                 )  # fmt: skip
             )
         except Exception as exc:
