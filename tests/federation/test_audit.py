@@ -132,3 +132,23 @@ def read_entry(kind, rnd):
     from fltac_secure.federation.ledger import LedgerEntry
 
     return LedgerEntry(1.0, "aggregator", "site1", "received", kind, rnd, "1", 1, 1, 1)
+
+
+def test_bytes_per_parameter_and_ledgers_without_tensor_bytes(tmp_path):
+    from fltac_secure.federation.audit import bytes_per_parameter
+
+    led = Ledger(tmp_path / "ledger.jsonl", site="aggregator")
+    led.record(WireEvent(time=1.0, peer="site1", direction="received", kind="UPDATE", round=0, msg_id=1,
+                         elements=1000, payload_bytes=1400, wire_bytes=1500, tensor_bytes=1000 + 4 * 4))
+    led.record(WireEvent(time=1.0, peer="site1", direction="sent", kind="ROUND_START", round=0, msg_id=2,
+                         elements=1000, payload_bytes=4200, wire_bytes=4300, tensor_bytes=4000))
+    with open(tmp_path / "ledger.jsonl", "a") as fh:  # a line from before tensor bytes were recorded
+        fh.write(json.dumps({"time": 1, "site": "aggregator", "peer": "site2", "direction": "received",
+                             "kind": "UPDATE", "round": 0, "msg_id": "3", "elements": 1000,
+                             "payload_bytes": 4200, "wire_bytes": 4300}) + "\n")
+    entries = read_ledger(tmp_path).entries
+    assert [e.tensor_bytes for e in entries] == [1016, 4000, -1]
+    per = bytes_per_parameter(entries, ROSTER)
+    assert per["UPDATE"] == {"parameters": 1000, "tensor_bytes": 1016, "bits_per_parameter": 8.128,
+                             "float32_bytes": 4000, "bytes_saved": 2984}
+    assert per["ROUND_START"]["bits_per_parameter"] == 32.0
