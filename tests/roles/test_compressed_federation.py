@@ -136,3 +136,37 @@ def test_hostile_compressed_updates_are_refused() -> None:
     plain = fm.Shapes(vector_size=100, sketch_dim=8, k=2)
     with pytest.raises(ProtocolError, match="unexpected tensor"):  # a plan without compression takes no qslot
         fm.parse_vectors(msg(meta, tensors), [0, 1], plain)
+
+
+def test_site_restart_before_update_resumes_its_cache_and_residuals(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """site3 dies before sending its round-1 UPDATE and comes back: it answers from the quantised updates it
+    cached and the residuals it stored, so the run still equals the simulator with the same draws."""
+    import time
+
+    from collaborator.service import Faults, SimulatedCrash
+    from fltac_secure.simulation.context import SimContext
+    from fltac_secure.simulation.methods import FLTAC
+
+    plan = tiny_plan(rounds=3, compression={"bits": 4, "block_size": 16, "error_feedback": True})
+    fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("roles") / "fed"))
+    rngs = {s: np.random.default_rng(n) for s, n in seeds(plan).items()}
+    agg = start(fed.aggregator())
+    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=rngs[s]))) for s in ("site1", "site2")}
+    dying = start(fed.collaborator("site3", faults=Faults(crash_before=("UPDATE", 1), quantise_rng=rngs["site3"])))
+    deadline = time.monotonic() + 120
+    while dying.thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dying.error and isinstance(dying.error[0], SimulatedCrash), dying.error
+    back = start(fed.collaborator("site3", faults=Faults(quantise_rng=rngs["site3"])))  # the same draws go on
+    state = agg.join(180)
+    assert not agg.error, agg.error
+    for run in [*cols.values(), back]:
+        run.join(60)
+        assert not run.error, run.error
+    assert all(row["updated"] == ["site1", "site2", "site3"] for row in agg.obj.history)
+    method = FLTAC(SimContext(plan, load_federated_dir(plan, fed.layout.root)))
+    method.compression_rngs = {s: np.random.default_rng(n) for s, n in seeds(plan).items()}
+    for r in range(plan.rounds):
+        method.run_round(r)
+    for key, vec in method.state.vectors.items():
+        np.testing.assert_allclose(state.vectors[key], vec, atol=1e-5, err_msg=key)
