@@ -115,6 +115,9 @@ def final_table(method: str, record: dict[str, Any]) -> Table:
     table.add_row("mean", f"{record.get('mean_accuracy', float('nan')):.3f}",
                   f"{record.get('mean_macro_f1', float('nan')):.3f}", "", style="bold")
     caption = [f"params/round up {record['up_params']:,} down {record['down_params']:,}"]
+    if record.get("up_bytes"):
+        bits = f" at {record['bits']} bits" if record.get("bits", 32) < 32 else ""
+        caption.append(f"bytes/round up {record['up_bytes']:,}{bits} down {record['down_bytes']:,}")
     if "ari" in record:
         caption.append(f"ARI {record['ari']:.3f}  NMI {record['nmi']:.3f}")
     table.caption = "  |  ".join(caption)
