@@ -37,8 +37,8 @@ import numpy as np
 
 from fltac_secure.errors import CompressionError
 
-__all__ = ["BITS", "OFF", "Quantised", "dequantise", "error_feedback", "from_wire", "n_blocks", "packed_nbytes",
-           "quantise", "wire_nbytes"]
+__all__ = ["BITS", "OFF", "Quantised", "dequantise", "error_feedback", "from_wire", "levels", "n_blocks",
+           "packed_nbytes", "quantise", "stochastic_round", "wire_nbytes"]
 
 OFF = 32
 BITS = (2, 4, 8, 16)
@@ -116,12 +116,19 @@ def quantise(x: np.ndarray, bits: int, block_size: int, *, rng: np.random.Genera
     scales = _block_scales(arr, block_size)
     per = np.repeat(scales.astype(np.float64), block_size)[: arr.size]
     safe = np.where(per > 0, per, 1.0)
-    y = np.clip(arr.astype(np.float64) / safe * big, -big, big)
+    v = stochastic_round(np.clip(arr.astype(np.float64) / safe * big, -big, big), rng)
+    unsigned = (v + big).astype(np.uint32)
+    return Quantised(arr.size, bits, block_size, _pack(unsigned, bits), scales.astype(np.float32))
+
+
+def stochastic_round(y: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """``floor(y)`` or ``floor(y) + 1`` (int64), up with probability ``y - floor(y)``: ``E = y``.
+
+    ``rng`` is for tests only; by default a fresh generator seeded from the OS.
+    """
     low = np.floor(y)
     gen = rng if rng is not None else _os_rng()
-    v = low + (gen.random(arr.size) < (y - low))
-    unsigned = (v.astype(np.int64) + big).astype(np.uint32)
-    return Quantised(arr.size, bits, block_size, _pack(unsigned, bits), scales.astype(np.float32))
+    return (low + (gen.random(np.shape(y)) < (y - low))).astype(np.int64)
 
 
 def dequantise(q: Quantised) -> np.ndarray:

@@ -54,8 +54,10 @@ class ClientSession:
 
     def __init__(
         self, setup: Setup, signer: Signer, verifier: PeerVerifier, vectors: Sequence[np.ndarray],
-        weights: Sequence[float],
+        weights: Sequence[float], *, rng: np.random.Generator | None = None,
     ) -> None:  # fmt: skip
+        """``vectors``: the member's slot vectors (slot updates with a ``QuantRing``); ``rng`` (tests only):
+        the quantised ring's rounding draws instead of OS randomness."""
         if signer.name not in setup.members:
             raise SecAggError(f"{signer.name!r} is not a member of cluster {setup.context.cluster}", "not_member")
         me = signer.name
@@ -69,7 +71,7 @@ class ClientSession:
         if weighted.shape != (setup.length,):
             raise SecAggError(f"vector length {weighted.size} differs from the setup's {setup.length}", "bad_setup")
         self.setup, self.me, self._signer, self._verifier = setup, me, signer, verifier
-        self._encoded: np.ndarray | None = setup.ring.encode(weighted)
+        self._encoded: np.ndarray | None = setup.ring.encode(weighted, rng)
         self._c = X25519PrivateKey.generate()
         self._s_seed, self._b_seed = crypto.fresh_seed(), crypto.fresh_seed()
         self._s = key_seed_private(setup, me, self._s_seed)
@@ -173,7 +175,7 @@ class ClientSession:
             else:
                 y -= m
         self.stage = Stage.CONSISTENCY
-        return MaskedInput(self.me, y)
+        return MaskedInput(self.me, setup.ring.reduce(y))
 
     def _on_survivors(self, shown: SurvivorSet) -> ConsistencySig:
         survivors = frozenset(shown.survivors)

@@ -21,6 +21,7 @@ import numpy as np
 
 from fltac_secure.errors import SecAggError
 from fltac_secure.secagg.crypto import SEALED_BYTES, SEED_BYTES
+from fltac_secure.secagg.qring import QuantRing
 from fltac_secure.secagg.ring import Ring
 
 VERSION = b"fltac-secagg-v1"
@@ -87,7 +88,7 @@ class Setup:
     members: tuple[str, ...]
     weights: tuple[float, ...]
     threshold: int
-    ring: Ring
+    ring: Ring | QuantRing  # QuantRing: quantised updates (compression) on one common grid
     length: int
 
     def __post_init__(self) -> None:
@@ -195,6 +196,9 @@ class MaskedInput:
                 f"masked input of {self.site!r} is {self.vector.dtype}[{self.vector.size}], expected "
                 f"{np.dtype(setup.ring.dtype)}[{setup.length}]", "bad_message",
             )  # fmt: skip
+        if not np.array_equal(setup.ring.reduce(self.vector), self.vector):
+            raise SecAggError(f"masked input of {self.site!r} holds values wider than the {setup.ring.bits}-bit ring",
+                              "bad_message")  # fmt: skip
 
 
 @dataclass(frozen=True)

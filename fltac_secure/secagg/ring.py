@@ -52,6 +52,22 @@ def max_fractional_bits(bits: int, clip: float, members: int) -> int:
     return f if _fits(bits, clip, f, members) else 0
 
 
+def clipped_weighted(vectors: list[np.ndarray], weights: list[float], total: float,
+                     clip: float) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Sum of ``clip(x) * w / total`` over one member's slots (float64), and how many entries were clipped."""
+    if not vectors or len(vectors) != len(weights) or not total > 0:
+        raise SecAggError("a member needs at least one vector, one weight per vector and a positive total weight")
+    acc = np.zeros(np.shape(vectors[0]), dtype=np.float64)
+    clipped = 0
+    for vec, w in zip(vectors, weights, strict=True):
+        arr = np.asarray(vec, dtype=np.float64)
+        if arr.shape != acc.shape or not np.all(np.isfinite(arr)):
+            raise SecAggError("a member's vectors differ in shape or hold NaN/Inf; refusing to encode them")
+        clipped += int(np.count_nonzero(np.abs(arr) > clip))
+        acc += (w / total) * np.clip(arr, -clip, clip)
+    return np.clip(acc, -clip, clip), clipped
+
+
 @dataclass(frozen=True)
 class Ring:
     """A ``bits``-wide ring with ``fractional_bits`` of fixed point and values clipped to +-``clip``."""
@@ -92,8 +108,13 @@ class Ring:
         """
         return members * (2.0 ** -(self.fractional_bits + 1) + self.clip * 2.0**-52)
 
-    def encode(self, weighted: np.ndarray) -> np.ndarray:
-        """``weighted`` (already multiplied by w_u / W <= 1, entries clipped) as ring elements."""
+    def reduce(self, arr: np.ndarray) -> np.ndarray:
+        """Ring elements as they travel: the dtype's own wrap-around is this ring, nothing to cut."""
+        return arr
+
+    def encode(self, weighted: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``weighted`` (already multiplied by w_u / W <= 1, entries clipped) as ring elements (``rng`` unused:
+        rounding to nearest)."""
         arr = np.asarray(weighted, dtype=np.float64)
         if not np.all(np.isfinite(arr)):
             raise SecAggError("a vector to encode has NaN or Inf entries; refusing to encode it")
@@ -104,17 +125,7 @@ class Ring:
 
     def weighted(self, vectors: list[np.ndarray], weights: list[float], total: float) -> tuple[np.ndarray, int]:
         """Sum of ``clip(x) * w / total`` over one member's slots, and how many entries were clipped."""
-        if not vectors or len(vectors) != len(weights) or not total > 0:
-            raise SecAggError("a member needs at least one vector, one weight per vector and a positive total weight")
-        acc = np.zeros(np.shape(vectors[0]), dtype=np.float64)
-        clipped = 0
-        for vec, w in zip(vectors, weights, strict=True):
-            arr = np.asarray(vec, dtype=np.float64)
-            if arr.shape != acc.shape or not np.all(np.isfinite(arr)):
-                raise SecAggError("a member's vectors differ in shape or hold NaN/Inf; refusing to encode them")
-            clipped += int(np.count_nonzero(np.abs(arr) > self.clip))
-            acc += (w / total) * np.clip(arr, -self.clip, self.clip)
-        return np.clip(acc, -self.clip, self.clip), clipped
+        return clipped_weighted(vectors, weights, total, self.clip)
 
     def decode(self, total: np.ndarray) -> np.ndarray:
         """A ring sum back to floats (two's complement, then divided by 2^f)."""
