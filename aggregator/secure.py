@@ -70,7 +70,7 @@ class SecureUpdate:
             setup = self.sr.setups[next(iter(want))] if want else None
             if setup is None:
                 raise ProtocolError(f"no masked input expected from {peer}", "unexpected")
-            return sm.parse_masked(msg, want, setup.length, setup.ring.dtype)
+            return sm.parse_masked(msg, want, setup.length, setup.ring)
         if msg.kind == sm.SA_CONSISTENCY:
             return sm.parse_consistency(msg, want)
         return sm.parse_reveal(msg, want)
@@ -153,7 +153,7 @@ def secure_round(
         results = run.run(assignment_for, sites)
     finally:
         agg.secure = None
-    new, report = secure_outcome(state, assignment, sr, results)
+    new, report = secure_outcome(state, assignment, sr, results, updates=plan.compression.enabled)
     updated = updated_sites(report, sr)
     quorum = plan.quorum.min_collaborators
     if len(updated) < quorum:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fltac_secure.errors import SecAggError, StateError
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.learning.aggregate import slot_weights
-from fltac_secure.secagg import ClientSession, Context, PeerVerifier, Setup, Signer, ring_of, threshold_for
+from fltac_secure.secagg import ClientSession, Context, PeerVerifier, Setup, Signer, ring_for, threshold_for
 from fltac_secure.transport.envelope import Message
 
 if TYPE_CHECKING:
@@ -79,23 +79,25 @@ class SecureSide:
             return
         weights = slot_weights({str(i): counts[i] for i in vectors}, plan.aggregation.weighting)
         verifier = self._verifier()
-        sa = plan.secure_aggregation
+        sa, ring = plan.secure_aggregation, ring_for(plan)
         try:
             for c, (members, member_weights) in setups.items():
                 if len(members) < sa.min_cluster_size:
                     raise SecAggError(f"cluster {c} has {len(members)} member(s), fewer than the plan's "
                                       f"min_cluster_size {sa.min_cluster_size}", "bad_setup")  # fmt: skip
                 setup = Setup(Context(self.c.hash, r, attempt, c), members, member_weights,
-                              threshold_for(len(members), sa.threshold), ring_of(sa), self.c.shapes.vector_size)  # fmt: skip
+                              threshold_for(len(members), sa.threshold), ring, self.c.shapes.vector_size)  # fmt: skip
                 idx = [i for i, cl in enumerate(clusters) if cl == c and i in vectors]
                 self.sessions[c] = ClientSession(setup, self.signer, verifier, [vectors[i] for i in idx],
-                                                 [weights[str(i)] for i in idx])  # fmt: skip
+                                                 [weights[str(i)] for i in idx], rng=self.c.faults.quantise_rng)  # fmt: skip
             adverts = {c: s.advertise() for c, s in self.sessions.items()}
         except SecAggError as exc:
             raise self._fail(r, exc) from exc
         clipped = sum(s.clipped for s in self.sessions.values())
         if clipped:
-            self.c.log.warn(f"round {r}: {clipped} adapter value(s) beyond +-{sa.clip} were clipped for the secure sum")
+            what = ("update value(s) beyond +-{} (compression.secure_clip)".format(ring.clip)
+                    if plan.compression.enabled else f"adapter value(s) beyond +-{sa.clip}")
+            self.c.log.warn(f"round {r}: {clipped} {what} were clipped for the secure sum")
         self.c._send(sm.SA_KEYS, r, **sm.keys_parts(attempt, adverts))
         self.c.log.info(f"round {r}: secure aggregation in cluster(s) {sorted(self.sessions)}; keys sent")
 
@@ -116,7 +118,11 @@ class SecureSide:
                 return
             raise self._fail(r, exc) from exc
         answer = sm.ANSWER[msg.kind]
-        self.c._send(answer, r, **_PARTS[answer](self.run[1], replies))
+        if answer == sm.SA_MASKED:
+            parts = sm.masked_parts(self.run[1], replies, ring_for(self.c.plan))
+        else:
+            parts = _PARTS[answer](self.run[1], replies)
+        self.c._send(answer, r, **parts)
         if answer == sm.SA_REVEAL:
             self.c.log.info(f"round {r}: unmasking shares sent for cluster(s) {sorted(replies)}")
             self.sessions = {c: s for c, s in self.sessions.items() if c not in replies}

@@ -268,7 +268,8 @@ class Collaborator:
         from fltac_secure.federation.rounds import client_round
 
         r = msg.round
-        vectors = self._own(msg, fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes))
+        received = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        vectors = self._own(msg, dict(received))
         self.last = (r, fm.ROUND_START)
         if r > 0:
             self._report(self.ws.keep_globals(r, vectors), f"global adapters after round {r - 1}")
@@ -277,7 +278,7 @@ class Collaborator:
             started = time.monotonic()
             starts = {s.key: vectors[i] for i, s in enumerate(self.ws.slots)}
             results = client_round(self.ws.model, self.site.name, self.ws.slots, starts, r, self.plan, dp=self.dp)
-            self.cache = self._compress(RoundCache(r, results), starts)
+            self.cache = self._compress(RoundCache(r, results), starts, received)
             self.ws.save_cache(self.cache)
             self.ws.record_training(r, results)
             losses = ", ".join(f"{self.ws.tasks[_index(x.key)]} {x.stats.get('loss', float('nan')):.3f}" for x in results)
@@ -302,6 +303,8 @@ class Collaborator:
         if self.secure is not None:
             self.last = (r, fm.UPDATE)
             self._crash_point(sm.SA_KEYS, r)
+            if self.plan.compression.enabled:  # the protocol sums updates against the aggregator's starts
+                have = {i: v - self.cache.starts[i] for i, v in have.items()}
             self.secure.on_assignment(msg, clusters, have, {_index(x.key): x.n_samples for x in self.cache.results})
             return
         wanted = {i: have[i] for i, c in enumerate(clusters) if c >= 0 and i in have}
@@ -313,10 +316,15 @@ class Collaborator:
         self.last = (r, fm.UPDATE)
         self.log.info(f"round {r}: sent {len(wanted)} adapter(s) for clusters {[c for c in clusters if c >= 0]}")
 
-    def _compress(self, cache: RoundCache, starts: dict[str, Any]) -> RoundCache:
+    def _compress(self, cache: RoundCache, starts: dict[str, Any], received: dict[int, Any]) -> RoundCache:
         """With compression: quantise each slot's update (plus its residual) now, so a repeated request
-        is answered with the same bytes; the residuals are committed only when the UPDATE goes out."""
+        is answered with the same bytes; the residuals are committed only when the UPDATE goes out.
+        Under secure aggregation the updates are quantised inside the protocol, against the vectors the
+        aggregator sent (``received``, kept in the cache: the aggregator adds back those starts)."""
         if not self.plan.compression.enabled or not cache.results:
+            return cache
+        if self.plan.secure_aggregation.enabled:
+            cache.starts = {i: v for i, v in received.items() if i in {_index(x.key) for x in cache.results}}
             return cache
         from fltac_secure.federation.compressed import compress_results
 

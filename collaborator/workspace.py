@@ -58,14 +58,16 @@ RESIDUALS = "residuals.safetensors"
 class RoundCache:
     """What a site computed in one round, kept until the round is over.
 
-    With compression: ``updates`` (slot index -> its quantised update) and, with error feedback,
-    ``residuals`` (slot index -> the residual the site keeps once that update is sent).
+    With compression: ``starts`` (slot index -> the vector the aggregator sent for it, from which the
+    update is taken), ``updates`` (slot index -> its quantised update; plain rounds) and, with error
+    feedback, ``residuals`` (slot index -> the residual the site keeps once that update is sent).
     """
 
     round: int
     results: list[SlotResult]
     updates: dict[int, Quantised] = field(default_factory=dict)
     residuals: dict[int, np.ndarray] = field(default_factory=dict)
+    starts: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class SiteWorkspace:
@@ -126,6 +128,7 @@ class SiteWorkspace:
         for i, q in cache.updates.items():
             tensors[f"qslot/{i}"], tensors[f"qscale/{i}"] = q.packed, q.scales
         tensors.update({f"residual/{i}": np.asarray(v, np.float32) for i, v in cache.residuals.items()})
+        tensors.update({f"start/{i}": np.asarray(v, np.float32) for i, v in cache.starts.items()})
         write_tensors(self.root / STATE / "round.safetensors", tensors)
 
     def load_cache(self) -> RoundCache | None:
@@ -144,7 +147,8 @@ class SiteWorkspace:
             raise StateError(f"round cache {path} holds a damaged quantised update ({exc}); remove it to retrain "
                              "the round") from None
         residuals = {i: self._checked_residual(t[f"residual/{i}"], n, path) for i in idx if f"residual/{i}" in t}
-        return RoundCache(int(t["round"][0]), results, updates, residuals)
+        starts = {i: self._checked_residual(t[f"start/{i}"], n, path) for i in idx if f"start/{i}" in t}
+        return RoundCache(int(t["round"][0]), results, updates, residuals, starts)
 
     # -- error feedback --------------------------------------------------------------
     def read_residuals(self, size: int) -> dict[int, np.ndarray]:
@@ -169,8 +173,9 @@ class SiteWorkspace:
 
     @staticmethod
     def _checked_residual(arr: np.ndarray, size: int, path: Path) -> np.ndarray:
+        """A stored residual or start vector: finite float32 of the adapter's size."""
         if arr.dtype != np.float32 or arr.shape != (size,) or not np.isfinite(arr).all():
-            raise StateError(f"{path} holds a residual of {arr.dtype} {arr.shape} (or NaN/Inf), expected finite "
+            raise StateError(f"{path} holds a vector of {arr.dtype} {arr.shape} (or NaN/Inf), expected finite "
                              f"float32 ({size},); it is from another plan or damaged: remove it")
         return arr
 

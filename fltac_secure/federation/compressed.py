@@ -41,8 +41,15 @@ class CompressedUpdate:
 
 
 def update_nbytes(plan: object, vector_size: int) -> int:
-    """Data bytes of one slot's upload: ``4 D`` in float32, or the packed values plus the block scales."""
-    c = plan.compression  # type: ignore[attr-defined]
+    """Data bytes of one slot's upload: ``4 D`` in float32, or the packed values plus the block scales; under
+    secure aggregation the masked vector (ring elements; packed to the quantised ring's width with
+    compression), without the protocol's keys and shares."""
+    c, sa = plan.compression, plan.secure_aggregation  # type: ignore[attr-defined]
+    if sa.enabled:
+        from fltac_secure.secagg.rules import ring_for
+
+        ring = ring_for(plan)  # type: ignore[arg-type]
+        return -(-vector_size * ring.bits // 8)
     return 4 * vector_size if not c.enabled else wire_nbytes(vector_size, c.bits, c.block_size)
 
 

@@ -9,6 +9,8 @@ number of the protocol run it belongs to, and its round in the envelope::
     SA_SHARES     collab -> agg  <c>/sealed/<recipient> (60 B)                     stage 1: sealed shares
     SA_DELIVERY   agg -> collab  <c>/sealed/<sender>
     SA_MASKED     collab -> agg  <c>/masked (D,) uint32 (uint64 in a 64-bit ring)  stage 2: masked input
+                                 (compression: uint8, D ring elements of the QuantRing's width packed;
+                                 meta values = D)
     SA_SURVIVORS  agg -> collab  meta survivors/<c>                                stage 3: consistency
     SA_CONSISTENCY collab -> agg <c>/sig
     SA_UNMASK     agg -> collab  meta survivors/<c>, dropped/<c>; <c>/sig/<site>   stage 4: unmask
@@ -32,10 +34,12 @@ import numpy as np
 
 from fltac_secure.errors import ProtocolError, SecAggError
 from fltac_secure.plan.schema import NAME_RE
+from fltac_secure.secagg.qring import QuantRing
 from fltac_secure.secagg.records import (
     ConsistencySig, KeyAdvert, KeyBook, MaskedInput, SealedShares, ShareDelivery, SurvivorSet, UnmaskRequest,
     UnmaskShares,
 )  # fmt: skip
+from fltac_secure.secagg.ring import Ring
 from fltac_secure.transport.envelope import KindSpec, Message, kind_spec, register_kind, tensors_like
 
 SA_KEYS, SA_KEYBOOK = "SA_KEYS", "SA_KEYBOOK"
@@ -55,7 +59,7 @@ _RULES: dict[str, dict[str, tuple[list[str], int]]] = {
     SA_KEYBOOK: {rf"cert/{_SITE}": _BYTES, rf"{_C}/(c_pk|s_pk|sig)/{_SITE}": _BYTES},
     SA_SHARES: {rf"{_C}/sealed/{_SITE}": _BYTES},
     SA_DELIVERY: {rf"{_C}/sealed/{_SITE}": _BYTES},
-    SA_MASKED: {rf"{_C}/masked": (["uint32", "uint64"], 1)},
+    SA_MASKED: {rf"{_C}/masked": (["uint32", "uint64", "uint8"], 1)},
     SA_SURVIVORS: {},
     SA_CONSISTENCY: {rf"{_C}/sig": _BYTES},
     SA_UNMASK: {rf"{_C}/sig/{_SITE}": _BYTES},
@@ -70,7 +74,19 @@ def register_secure_kinds() -> None:
         try:
             kind_spec(name)
         except ProtocolError:
-            register_kind(KindSpec(name, tensors_like(rule), max_tensors=MAX_TENSORS))
+            counter = masked_parameters if name == SA_MASKED else None
+            register_kind(KindSpec(name, tensors_like(rule), max_tensors=MAX_TENSORS, count_parameters=counter))
+
+
+def masked_parameters(msg: Message) -> int:
+    """The numbers an SA_MASKED stands for (for the ledger; never raises): packed vectors count ``values``
+    each (at most 4 per byte, as quantised values are at least 2 bits), plain ones their elements."""
+    values = msg.meta.get("values")
+    out = 0
+    for arr in msg.tensors.values():
+        packed = arr.dtype == np.uint8 and isinstance(values, int) and not isinstance(values, bool) and values >= 0
+        out += min(values, 4 * int(arr.size)) if packed else int(arr.size)  # type: ignore[type-var]
+    return out
 
 
 register_secure_kinds()
@@ -197,13 +213,23 @@ def parse_delivery(msg: Message, me: str) -> dict[int, ShareDelivery]:
 # -- stage 2: masked inputs ------------------------------------------------------------------
 
 
-def masked_parts(attempt: int, inputs: Mapping[int, MaskedInput]) -> dict[str, Any]:
+def masked_parts(attempt: int, inputs: Mapping[int, MaskedInput], ring: Ring | QuantRing | None = None) -> dict[str, Any]:
+    """SA_MASKED; with a ``QuantRing`` each vector is packed to the ring's width (meta ``values``: its length)."""
+    if isinstance(ring, QuantRing):
+        lengths = {int(m.vector.size) for m in inputs.values()}
+        return _message_parts(attempt, {f"{c}/masked": ring.pack(m.vector) for c, m in inputs.items()},
+                              {"values": lengths.pop()} if len(lengths) == 1 else None)
     return _message_parts(attempt, {f"{c}/masked": np.ascontiguousarray(m.vector) for c, m in inputs.items()})
 
 
-def parse_masked(msg: Message, expected: Iterable[int], length: int, dtype: type[np.unsignedinteger]) -> dict[int, MaskedInput]:
+def parse_masked(msg: Message, expected: Iterable[int], length: int, ring: Ring | QuantRing) -> dict[int, MaskedInput]:
+    """Masked vectors of ``length`` ring elements (unpacked from the QuantRing's width, lengths from the plan)."""
+    dtype = ring.dtype
+
     def build(c: int, f: dict) -> MaskedInput:
         arr = f["masked"][None]
+        if isinstance(ring, QuantRing):
+            return MaskedInput(msg.sender, ring.unpack(arr, length))
         if arr.dtype != np.dtype(dtype) or arr.shape != (length,):
             raise TypeError(f"cluster {c}: masked vector is {arr.dtype}[{arr.size}], the plan needs "
                             f"{np.dtype(dtype)}[{length}]")  # fmt: skip

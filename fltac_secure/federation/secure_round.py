@@ -24,7 +24,7 @@ from fltac_secure.learning.aggregate import redistribute, slot_weights
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.plan import Plan
 from fltac_secure.secagg import ClusterResult as SumResult
-from fltac_secure.secagg import Context, Setup, cluster_setup
+from fltac_secure.secagg import Context, Setup, cluster_setup, ring_for
 
 
 def _site_of(key: str) -> tuple[str, int]:
@@ -59,10 +59,11 @@ def plan_secure_round(
         slots.setdefault(int(cid), {}).setdefault(site, []).append(index)
     setups: dict[int, Setup] = {}
     skipped: dict[int, str] = {}
+    ring = ring_for(plan)
     for cid, by_site in sorted(slots.items()):
         member_w = {s: sum(weights[f"{s}/{i}"] for i in idx) for s, idx in by_site.items()}
         ctx = Context(plan_hash, round_index, attempt, cid)
-        setup = cluster_setup(plan.secure_aggregation, ctx, member_w, length)
+        setup = cluster_setup(plan.secure_aggregation, ctx, member_w, length, ring)
         if isinstance(setup, str):
             skipped[cid] = setup
         else:
@@ -77,9 +78,13 @@ def member_input(sr: SecureRound, cid: int, site: str,
     return [vectors[i] for i in idx], [sr.weights[f"{site}/{i}"] for i in idx]
 
 
-def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
-                   results: Mapping[int, SumResult]) -> tuple[ServerState, dict[int, dict]]:  # fmt: skip
-    """The next state and a per-cluster report (status, survivors, dropped, reason)."""
+def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, results: Mapping[int, SumResult],
+                   *, updates: bool = False) -> tuple[ServerState, dict[int, dict]]:  # fmt: skip
+    """The next state and a per-cluster report (status, survivors, dropped, reason).
+
+    ``updates`` (compression): the members summed their slots' updates against ``state.vectors`` (the
+    starts the aggregator sent), so each mean adds back the survivors' weighted starts.
+    """
     means: dict[int, np.ndarray] = {}
     mean_labels: dict[str, int] = {}
     own: dict[str, int] = {}
@@ -88,7 +93,7 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
         res = results.get(cid)
         keys = {s: [f"{s}/{i}" for i in idx] for s, idx in by_site.items()}
         if res is not None and not res.skipped:
-            means[cid] = np.asarray(res.mean, dtype=np.float32)
+            means[cid] = np.asarray(_with_starts(state, sr, cid, res, keys) if updates else res.mean, dtype=np.float32)
             mean_labels.update({k: cid for s in res.survivors for k in keys[s]})
             report[cid] = {"status": "summed", "survivors": list(res.survivors), "dropped": list(res.dropped)}
         else:
@@ -106,6 +111,18 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound,
         own={**carried, **own}, sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
     )  # fmt: skip
     return new, report
+
+
+def _with_starts(state: ServerState, sr: SecureRound, cid: int, res: SumResult,
+                 keys: Mapping[str, list[str]]) -> np.ndarray:  # fmt: skip
+    """A cluster's mean vector from its summed updates: ``(sum (w_i / W) (start_i + u_i)) / weight`` over survivors."""
+    total_w = sr.setups[cid].total_weight
+    base = np.zeros_like(np.asarray(res.total, dtype=np.float64))
+    for s in res.survivors:
+        for k in keys[s]:
+            base += (sr.weights[k] / total_w) * np.asarray(state.vectors[k], dtype=np.float64)
+    assert res.total is not None
+    return (base + res.total) / res.weight
 
 
 def updated_sites(report: Mapping[int, dict], sr: SecureRound) -> list[str]:

@@ -325,6 +325,13 @@ class Compression(Strict):
         description="Each site keeps what rounding left out (per slot, across rounds, in its workspace) and adds "
         "it to its next update, so quantisation errors do not accumulate (Karimireddy et al. 2019).",
     )
+    secure_clip: float = Field(
+        default=0.1, gt=0, le=2.0**20,
+        description="With secure aggregation on: update entries are clipped to +-secure_clip, the one scale every "
+        "member of a cluster quantises on (their integers must share a grid to be summed; a scale per member would "
+        "have to be revealed). The step is secure_clip / (2^(bits-1) - 1). Default 0.1: AdamW moves an entry about "
+        "learning_rate per step, 0.1 after 20 steps at 5e-3. Clipped entries are counted in the site's log.",
+    )  # fmt: skip
 
     @property
     def enabled(self) -> bool:
@@ -447,11 +454,20 @@ class Plan(Strict):
         self._ring_fits()
         self._slices_disjoint()
         if self.compression.enabled and self.secure_aggregation.enabled:
-            raise ValueError(
-                f"compression.bits = {self.compression.bits} together with secure_aggregation.enabled: true is not "
-                "supported yet (quantised integers are not summed in the masked ring); set compression.bits: 32 "
-                "or secure_aggregation.enabled: false"
-            )
+            from fltac_secure.secagg.qring import quant_width  # numpy only
+
+            width = quant_width(self.compression.bits, len(self.roster))
+            if self.compression.error_feedback:
+                raise ValueError(
+                    "compression.error_feedback with secure_aggregation.enabled: a member sends one quantised sum of "
+                    "its slots' weighted updates, never a slot's own update, so there is no per-slot residual to "
+                    "keep; set compression.error_feedback: false or secure_aggregation.enabled: false"
+                )
+            if width > 64:
+                raise ValueError(
+                    f"compression.bits = {self.compression.bits} with secure_aggregation.enabled and {len(self.roster)} "
+                    f"sites needs a {width}-bit ring, more than 64; lower compression.bits"
+                )
         if self.quorum.min_collaborators > len(self.roster):
             raise ValueError(
                 f"quorum.min_collaborators = {self.quorum.min_collaborators} exceeds the roster size "

@@ -22,7 +22,8 @@ _EXPORTS = {
     "ClientSession": "client", "PeerVerifier": "identity", "Signer": "identity", "Run": "local",
     "run_cluster": "local", "ClusterResult": "records", "Context": "records", "Setup": "records", "Stage": "records",
     "Ring": "ring", "max_fractional_bits": "ring", "cluster_setup": "rules", "member_weights": "rules",
-    "ring_of": "rules", "threshold_for": "rules", "ServerSession": "server",
+    "ring_of": "rules", "ring_for": "rules", "threshold_for": "rules", "ServerSession": "server",
+    "QuantRing": "qring",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 from fltac_secure.errors import SecAggError
 from fltac_secure.secagg.records import Context, Setup
+from fltac_secure.secagg.qring import QuantRing
 from fltac_secure.secagg.ring import Ring
 
 if TYPE_CHECKING:
-    from fltac_secure.plan.schema import SecureAggregation
+    from fltac_secure.plan.schema import Plan, SecureAggregation
 
 
 def threshold_for(members: int, fraction: float) -> int:
@@ -22,13 +23,23 @@ def threshold_for(members: int, fraction: float) -> int:
 
 
 def ring_of(section: SecureAggregation) -> Ring:
-    """The plan's ring (``fractional_bits`` is resolved when the plan is validated)."""
+    """The plan's fixed-point ring (``fractional_bits`` is resolved when the plan is validated)."""
     assert section.fractional_bits is not None
     return Ring(section.ring_bits, section.fractional_bits, section.clip)
 
 
+def ring_for(plan: Plan) -> Ring | QuantRing:
+    """The ring a cluster sums in: with ``compression.bits`` < 32 quantised updates on the common grid
+    (``compression.secure_clip``) in a ring wide enough for the whole roster, else the fixed-point ring."""
+    c = plan.compression
+    if c.enabled:
+        return QuantRing(c.bits, len(plan.roster), c.secure_clip)
+    return ring_of(plan.secure_aggregation)
+
+
 def cluster_setup(
-    section: SecureAggregation, context: Context, member_weights: Mapping[str, float], length: int
+    section: SecureAggregation, context: Context, member_weights: Mapping[str, float], length: int,
+    ring: Ring | QuantRing | None = None,
 ) -> Setup | str:
     """The setup for one cluster from its members' public weights, or why the cluster is not securely summed."""
     members = sorted(member_weights)
@@ -37,7 +48,7 @@ def cluster_setup(
                 "members keep their own adapters this round")  # fmt: skip
     return Setup(
         context=context, members=tuple(members), weights=tuple(float(member_weights[m]) for m in members),
-        threshold=threshold_for(len(members), section.threshold), ring=ring_of(section), length=length,
+        threshold=threshold_for(len(members), section.threshold), ring=ring or ring_of(section), length=length,
     )  # fmt: skip
 
 

@@ -159,11 +159,12 @@ class FLTAC(Method):
                 losses.append(res.stats.get("loss", np.nan))
                 steps += int(res.stats.get("steps", 0))
             advance(progress)
-        if plan.compression.enabled:
+        if plan.compression.enabled and not plan.secure_aggregation.enabled:
             vectors = self._through_compression(vectors)
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
-            self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts)
+            self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts,
+                                                                      self.compression_rngs)
         else:
             self.state = server_aggregate(self.state, assignment, vectors, counts, plan)
         n, d = len(vectors), self.vector_size

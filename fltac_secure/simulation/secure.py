@@ -38,8 +38,15 @@ class LocalSecureAggregation:
             shutil.rmtree(self._dir, ignore_errors=True)  # keys are in memory; nothing of the run stays on disk
 
     def aggregate(self, state: ServerState, assignment: Assignment, vectors: Mapping[str, np.ndarray],
-                  counts: Mapping[str, int]) -> tuple[ServerState, dict[int, dict[str, Any]]]:  # fmt: skip
-        """The next state after a secure UPDATE of every cluster (own vectors resolved at once)."""
+                  counts: Mapping[str, int], rngs: Mapping[str, np.random.Generator] | None = None,
+                  ) -> tuple[ServerState, dict[int, dict[str, Any]]]:  # fmt: skip
+        """The next state after a secure UPDATE of every cluster (own vectors resolved at once).
+
+        With compression the members sum their slots' updates (trained minus ``state.vectors``) quantised;
+        ``rngs`` (tests only): each site's rounding draws.
+        """
+        updates = self.plan.compression.enabled
+        inputs = {k: v - state.vectors[k] for k, v in vectors.items()} if updates else vectors
         length = len(next(iter(vectors.values())))
         sr = plan_secure_round(self.plan, self.hash, state.round, 0, assignment.labels, counts, length)
         results = {}
@@ -47,8 +54,9 @@ class LocalSecureAggregation:
             clients = {}
             for site in setup.members:
                 idx = sr.slots[cid][site]
-                vecs, weights = member_input(sr, cid, site, {i: vectors[f"{site}/{i}"] for i in idx})
-                clients[site] = ClientSession(setup, self.signers[site], self.verifier, vecs, weights)
+                vecs, weights = member_input(sr, cid, site, {i: inputs[f"{site}/{i}"] for i in idx})
+                clients[site] = ClientSession(setup, self.signers[site], self.verifier, vecs, weights,
+                                              rng=rngs.get(site) if rngs else None)
             results[cid] = run_cluster(ServerSession(setup, self.verifier), clients).result
-        new, report = secure_outcome(state, assignment, sr, results)
+        new, report = secure_outcome(state, assignment, sr, results, updates=updates)
         return resolve_own(new, vectors), report

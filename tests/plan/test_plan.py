@@ -268,10 +268,18 @@ def test_compression_off_keeps_the_hash_and_on_is_hashed(tmp_path):
                 hashed(bits=4)}) == 5
 
 
-def test_compression_with_secure_aggregation_is_refused_naming_both_keys(tmp_path):
+def test_compression_with_secure_aggregation(tmp_path):
+    """Quantised updates compose with secure aggregation (a ring of bits + ceil(log2 roster) bits); error
+    feedback does not (a member sends one sum, never a slot's update), and the refusal names both keys."""
+    from fltac_secure.secagg.rules import ring_for
+
     data = mutate("compression", {"bits": 8})
     data["secure_aggregation"] = {"enabled": True}
-    with pytest.raises(ConfigError, match="compression.bits.*secure_aggregation.enabled"):
+    plan = load_plan(write(tmp_path, data))
+    ring = ring_for(plan)
+    assert ring.bits == 8 + (len(plan.roster) - 1).bit_length() and ring.clip == plan.compression.secure_clip
+    data["compression"]["error_feedback"] = True
+    with pytest.raises(ConfigError, match="compression.error_feedback.*secure_aggregation.enabled"):
         load_plan(write(tmp_path, data))
 
 

@@ -170,3 +170,36 @@ def test_site_restart_before_update_resumes_its_cache_and_residuals(tmp_path_fac
         method.run_round(r)
     for key, vec in method.state.vectors.items():
         np.testing.assert_allclose(state.vectors[key], vec, atol=1e-5, err_msg=key)
+
+
+def test_secure_aggregation_of_quantised_updates_equals_the_simulator(
+        tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+    """The masked upload is the quantised ring's width per number, and the cluster means equal the simulator's
+    with the same draws (the aggregator adds back the starts it sent)."""
+    from collaborator.service import Faults
+    from fltac_secure.simulation.context import SimContext
+    from fltac_secure.simulation.methods import FLTAC
+
+    plan = tiny_plan(compression={"bits": 8, "secure_clip": 0.2}, secure_aggregation={"enabled": True})
+    fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("secure") / "fed"))
+    agg = start(fed.aggregator())
+    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=np.random.default_rng(seeds(plan)[s]))))
+            for s in fed.layout.sites}
+    state = agg.join(180)
+    assert not agg.error, agg.error
+    for name, run in cols.items():
+        run.join(60)
+        assert not run.error, (name, run.error)
+    history = agg.obj.history
+    assert all(all(c["status"] == "summed" for c in row["secure"].values()) for row in history)
+    method = FLTAC(SimContext(plan, load_federated_dir(plan, fed.layout.root)))
+    method.compression_rngs = {s: np.random.default_rng(n) for s, n in seeds(plan).items()}
+    labels = [dict(method.run_round(r).labels or {}) for r in range(plan.rounds)]
+    assert [row["clusters"] for row in history] == labels
+    for key, vec in method.state.vectors.items():
+        np.testing.assert_allclose(state.vectors[key], vec, atol=1e-5, err_msg=key)
+    d, width = adapter_layout(plan).size, 8 + (len(plan.roster) - 1).bit_length()
+    masked = [e for e in read_ledger(fed.layout.aggregator / "ledger.jsonl").entries if e.kind == "SA_MASKED"]
+    assert masked and all(e.tensor_bytes % -(-d * width // 8) == 0 for e in masked)
+    per_cluster = sum(e.tensor_bytes for e in masked) // -(-d * width // 8)
+    assert sum(e.elements for e in masked) == per_cluster * d  # parameters, not bytes
