@@ -15,7 +15,9 @@ The clustering sketch is still computed on the site's real vector: a sketch
 is ``sketch_dim`` numbers per slot, tiny next to the adapter, and rounding it
 would perturb clustering for no saving worth having.
 
-With ``compression.bits`` 32 nothing here runs: the vectors travel as float32,
+Under secure aggregation none of this runs either: the members quantise inside
+the protocol (``secagg.qring``) and ``secure_round.secure_outcome`` adds the
+starts back.  With ``compression.bits`` 32 nothing here runs: the vectors travel as float32,
 bit for bit as before the section existed.
 """
 
