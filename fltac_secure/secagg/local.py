@@ -38,8 +38,14 @@ class Run:
         return sorted(m for m, kinds in self.sent.items() if "UnmaskShares" in kinds)
 
 
-def record_bytes(record: object) -> int:
-    """Payload bytes of a record as the wire layer will carry it (vectors, keys, ciphertexts, signatures)."""
+def record_bytes(record: object, ring: object = None) -> int:
+    """Payload bytes of a record as the wire layer will carry it (vectors, keys, ciphertexts, signatures);
+    a masked input in a ``QuantRing`` (``ring``) travels packed to the ring's width."""
+    from fltac_secure.secagg.qring import QuantRing
+    from fltac_secure.secagg.records import MaskedInput
+
+    if isinstance(record, MaskedInput) and isinstance(ring, QuantRing):
+        return ring.packed_nbytes(int(record.vector.size)) + len(record.site.encode())
     total = 0
     for value in vars(record).values():
         if hasattr(value, "nbytes"):
@@ -76,7 +82,7 @@ def run_cluster(
                 continue
             finally:
                 run.seconds[m] += time.perf_counter() - t0
-            run.upload[m] += record_bytes(reply)
+            run.upload[m] += record_bytes(reply, server.setup.ring)
             run.sent[m].append(type(reply).__name__)
             t0 = time.perf_counter()
             try:

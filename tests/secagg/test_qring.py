@@ -92,3 +92,14 @@ def test_hostile_packed_and_masked_inputs_are_refused(signers, verifier) -> None
         MaskedInput("site0", np.full(9, 1 << 7, ring.dtype)).check(setup)
     with pytest.raises(SecAggError, match="exceeds"):
         ring.encode(np.array([0.2]))
+
+
+def test_local_runs_count_the_packed_upload(signers, verifier) -> None:
+    ring = QuantRing(8, len(SITES), 0.05)
+    setup, clients, _ = quant_cluster(signers, verifier, SITES[:3], ring, 1, length=100)
+    run = run_cluster(ServerSession(setup, verifier), clients)
+    from fltac_secure.secagg.local import record_bytes
+
+    masked = MaskedInput("site0", np.zeros(100, ring.dtype))
+    assert record_bytes(masked, ring) == -(-100 * ring.bits // 8) + len("site0")
+    assert all(v > 0 for v in run.upload.values())
