@@ -25,19 +25,24 @@ def seeds(plan: Any) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def compressed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fed, dict[str, Any]]:
-    from collaborator.service import Faults
-
     plan = tiny_plan(compression={"bits": BITS, "block_size": BLOCK, "error_feedback": True})
     fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("roles") / "fed"))
+    return fed, run_seeded(fed)
+
+
+def run_seeded(fed: Fed) -> dict[str, Any]:
+    """The federation with every site's quantisation drawn from its seeded generator (as the simulator's)."""
+    from collaborator.service import Faults
+
     agg = start(fed.aggregator())
-    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=np.random.default_rng(seeds(plan)[s]))))
+    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=np.random.default_rng(seeds(fed.plan)[s]))))
             for s in fed.layout.sites}
     state = agg.join(180)
     assert not agg.error, agg.error
     for name, run in cols.items():
         run.join(60)
         assert not run.error, (name, run.error)
-    return fed, {"state": state, "history": agg.obj.history}
+    return {"state": state, "history": agg.obj.history}
 
 
 def test_equals_the_simulator_with_the_same_draws(compressed_run: tuple[Fed, dict[str, Any]]) -> None:
@@ -176,21 +181,13 @@ def test_secure_aggregation_of_quantised_updates_equals_the_simulator(
         tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
     """The masked upload is the quantised ring's width per number, and the cluster means equal the simulator's
     with the same draws (the aggregator adds back the starts it sent)."""
-    from collaborator.service import Faults
     from fltac_secure.simulation.context import SimContext
     from fltac_secure.simulation.methods import FLTAC
 
     plan = tiny_plan(compression={"bits": 8, "secure_clip": 0.2}, secure_aggregation={"enabled": True})
     fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("secure") / "fed"))
-    agg = start(fed.aggregator())
-    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=np.random.default_rng(seeds(plan)[s]))))
-            for s in fed.layout.sites}
-    state = agg.join(180)
-    assert not agg.error, agg.error
-    for name, run in cols.items():
-        run.join(60)
-        assert not run.error, (name, run.error)
-    history = agg.obj.history
+    run = run_seeded(fed)
+    state, history = run["state"], run["history"]
     assert all(all(c["status"] == "summed" for c in row["secure"].values()) for row in history)
     method = FLTAC(SimContext(plan, load_federated_dir(plan, fed.layout.root)))
     method.compression_rngs = {s: np.random.default_rng(n) for s, n in seeds(plan).items()}
