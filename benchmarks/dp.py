@@ -322,7 +322,7 @@ def main() -> None:
                   f"{p.max_batch_size} / n), {p.local_steps} steps per round, clip {p.max_grad_norm:g}, LoRA A "
                   f"{'trained' if probe.trains_lora_a else 'frozen (FFA-LoRA)'}, unused head rows without noise; "
                   f"'eps=8 old': AdamW lr {probe.training.learning_rate:g}, batch {size['batch_size']}, "
-                  f"{size['local_steps']} steps per round, A trained (unused head rows stay noise-free in every row); clustering features {probe.clustering.features}, "
+                  f"{size['local_steps']} steps per round, A trained; clustering features {probe.clustering.features}, "
                   f"sketch dim {probe.clustering.sketch_dim}, accumulate {probe.clustering.accumulate}",
         "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
                    + (f" --epsilons {args.epsilons}" if args.epsilons != EPSILONS else "")
