@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fltac_secure.errors import PrivacyError
 from fltac_secure.federation.rounds import slot_seed
 from fltac_secure.learning.adapters import adapter_layout, get_slot_vector, initial_vector, set_slot_vector
 from fltac_secure.learning.aggregate import weighted_mean
@@ -97,11 +98,14 @@ class SharedAdapterMethod(Method):
     shared_adapter = True
 
     def __init__(self, ctx: SimContext) -> None:
+        if ctx.plan.privacy.dp:
+            raise PrivacyError("the FedIT baselines train without DP-SGD, but the plan has privacy.dp: true; "
+                               "set privacy.dp: false to compare with FedIT, or simulate FL-TAC (--method fltac)")
         self.ctx = ctx
         self.head = self.make_head(ctx.plan)
         self.init = initial_vector(ctx.plan, ctx.plan.training.seed, head_width=self.head.width)
         self.vector = self.init.copy()
-        self.dp_trainers = {}  # the shared-adapter variants train without DP-SGD (plain train_slot)
+        self.dp_trainers = {}  # no DP here: refused above
 
     @staticmethod
     @abstractmethod

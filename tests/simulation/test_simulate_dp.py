@@ -38,3 +38,16 @@ def test_two_runs_never_share_dp_accounting(plan, data, tmp_path) -> None:
                 assert per_task == pytest.approx(expected(rounds)[site], rel=1e-9)
         assert res.epsilons == spent[-1]
     assert runs[0].epsilons == runs[1].epsilons
+
+
+@pytest.mark.parametrize("method", ["fedit", "fedit-tagged", "fedit-taskheads"])
+def test_fedit_baselines_refuse_a_dp_plan(plan, data, tmp_path, method: str) -> None:
+    """The FedIT baselines train without DP-SGD: under privacy.dp they refuse rather than report non-private
+    numbers as private ones."""
+    from fltac_secure.errors import PrivacyError
+
+    raw = plan.model_dump()
+    raw["privacy"].update(dp=True, noise_multiplier=1.0, delta=1e-3)
+    dp = Plan.model_validate(raw)
+    with pytest.raises(PrivacyError, match="privacy.dp"):
+        simulate(dp, data, method, tmp_path / method, progress=False, site_eval=False, export=False, plots=False)
