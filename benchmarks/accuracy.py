@@ -66,6 +66,15 @@ def setting_value(value: str) -> Any:
         return value
 
 
+def chosen_variants(only: str, variants: dict[str, Any]) -> list[str]:
+    """The variants ``--only`` names (comma-separated; all of ``variants`` when empty), unknown ones refused."""
+    names = [n for n in (only.split(",") if only else variants) if n]
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(variants)}")
+    return names
+
+
 def results_name(plan_path: Path) -> str:
     """``accuracy`` for bench-4task, ``accuracy-conflict`` for bench-conflict, ``accuracy-<stem>`` otherwise."""
     stem = plan_path.stem
@@ -170,10 +179,7 @@ def main() -> None:
     from fltac_secure.simulation import SimContext
 
     size = QUICK if args.quick else FULL
-    names = [n for n in (args.only.split(",") if args.only else VARIANTS) if n]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    names = chosen_variants(args.only, VARIANTS)
     name = args.name or results_name(args.plan)
     base = make_plan(args.plan, size, 1, args.features, 0, args.clustering)
     meta = {

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, make_plan  # noqa: E402
+from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, chosen_variants, make_plan  # noqa: E402
 from accuracy_report import mean_sd  # noqa: E402
 
 VARIANTS = {  # name -> (method, rank, bits, train LoRA A)
@@ -136,10 +136,7 @@ def main() -> None:
     from fltac_secure.data import build_federated_data
 
     size = QUICK if args.quick else FULL
-    names = [n for n in (args.only.split(",") if args.only else VARIANTS) if n]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    names = chosen_variants(args.only, VARIANTS)
     base = variant_plan(args, size, names[0], 0)
     meta = {"plan": base.federation,
             "setup": f"{len(base.roster)} sites, {size['rounds']} rounds, {size['local_steps']} local steps, "
