@@ -323,8 +323,11 @@ class Aggregator:
         assignment = server_assign(state, sketches, self.plan)
         moved = (f" ({assignment.clusters.moved} slot(s) moved so that a site's slots sit in distinct clusters)"
                  if assignment.clusters.moved else "")
+        sep = assignment.clusters.separation
         self.log.info(f"round {r}: clustered {len(sketches)} slot sketches into "
-                      f"{len(set(assignment.labels.values()))} cluster(s){moved}; ASSIGNMENT out")
+                      f"{len(set(assignment.labels.values()))} cluster(s){moved}, separation "
+                      f"{'n/a' if sep is None else f'{sep:.2f}'}{' (previous clusters kept)' if assignment.clusters.kept else ''}"
+                      "; ASSIGNMENT out")
         if assignment.clusters.crowded:
             self.log.warn(crowded_warning(r, assignment.clusters.crowded, list(sketches), self.plan.k))
         if self.plan.secure_aggregation.enabled:
@@ -350,6 +353,7 @@ class Aggregator:
                                               centroids=assignment.clusters.centroids))
             new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
             extra, ignored, labels = {}, sketch_phase.ignored + update_phase.ignored, dict(sub.labels)
+        extra = {**extra, "separation": sep, "kept_clusters": assignment.clusters.kept}
         report = RoundReport(r, attempt, parts, sketched, updated, dict(labels), ignored, time.monotonic() - started,
                              missed_reasons(self.plan.roster, parts, sketched, updated), extra)
         self._commit(new, report, sketches)

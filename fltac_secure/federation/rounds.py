@@ -299,7 +299,9 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
     earlier ones and the sums are clustered: each round projects with its own
     seed, so the inner product of two sums estimates the sum of the rounds'
     inner products (cross-round terms have mean zero), and the evidence of
-    every round adds up while independent DP noise averages out.
+    every round adds up while independent DP noise averages out. With
+    ``clustering.settle`` the previous partition stays unless this round's
+    separates the sketches better (``learning.cluster``).
     """
     c = plan.clustering
     sums: dict[str, np.ndarray] = {}
@@ -316,6 +318,7 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         seed=derive_seed("kmeans", c.seed, state.round),
         previous=state.clusters,
         groups={key: site_of(key) for key in sketches} if c.distinct_per_site else None,
+        settle=c.settle,
     )
     return Assignment(round=state.round, clusters=result, sketch_sums=sums)
 

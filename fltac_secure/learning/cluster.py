@@ -19,6 +19,19 @@ over the assignments that respect the constraint, so it ends). A site with
 more slots than clusters cannot be satisfied: its slots are spread as evenly
 as possible and the site is listed in ``ClusterResult.crowded``.
 
+Every result carries a *separation score*: the silhouette coefficient
+(scikit-learn) of the clustered points under the chosen partition, in
+[-1, 1]: near 1 when each slot sits much closer to its own cluster than to
+the next, near 0 when the sketches do not separate (a round dominated by DP
+noise). With ``settle = s`` a round keeps the previous partition unless its
+own partition scores at least ``s`` *and* separates this round's sketches
+better than the previous partition does. The threshold matters: on pure
+noise K-means still finds a partition that beats any fixed one (it is fitted
+to that noise) but scores near 0, so the threshold is what tells structure
+from noise. Clusters then move only on evidence: one noisy round cannot
+scatter clusters that had settled, and a wrong round-0 partition is left as
+soon as a later round separates clearly and better.
+
 Degenerate inputs are handled, not refused: fewer distinct points than K
 gives as many clusters as distinct points (duplicates always share a
 cluster), one point gives one cluster, no points gives an empty result.
@@ -35,8 +48,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
 
-__all__ = ["ClusterResult", "cluster_sketches", "distinct_assign", "match_ids", "normalize_rows", "site_of"]
+__all__ = ["ClusterResult", "cluster_sketches", "distinct_assign", "match_ids", "normalize_rows", "separation",
+           "site_of"]
 
 MAX_CONSTRAINED_ITER = 50
 """Upper bound on assignment/centroid alternations (each lowers the objective; it stops far earlier)."""
@@ -55,7 +70,10 @@ class ClusterResult:
     ``cid``; ids that are unused this round are absent. ``crowded``: sites
     with more slots than clusters (the distinct-cluster constraint could not
     hold for them); ``moved``: slots the constraint moved away from their
-    unconstrained K-means cluster. Both describe this round only and are not
+    unconstrained K-means cluster; ``separation``: the silhouette score of
+    the partition on this round's (processed) sketches, None when it is not
+    defined (one cluster, or every slot alone); ``kept``: ``settle`` kept the
+    previous round's partition. These describe this round only and are not
     checkpointed.
     """
 
@@ -64,6 +82,8 @@ class ClusterResult:
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
     crowded: tuple[str, ...] = ()
     moved: int = 0
+    separation: float | None = None
+    kept: bool = False
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -94,6 +114,7 @@ def cluster_sketches(
     seed: int = 0,
     previous: ClusterResult | None = None,
     groups: Mapping[str, str] | None = None,
+    settle: float | None = None,
 ) -> ClusterResult:
     """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
 
@@ -106,6 +127,9 @@ def cluster_sketches(
     and the round) so every replay of a round gives the same clusters.
     ``groups`` (slot key -> site) turns on the distinct-cluster constraint
     per site (see the module doc); keys missing from it form their own group.
+    ``settle`` (a separation threshold; None: off) keeps ``previous``'s
+    partition (when it covers every key) unless this round's partition
+    scores at least ``settle`` and higher than ``previous``'s on ``x``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -125,10 +149,31 @@ def cluster_sketches(
         refined, crowded = distinct_assign(x, raw, names, min(k, x.shape[0]))
         moved = int(np.sum(refined != raw))
         raw = _compact(refined)
+    score = separation(x, raw)
+    if settle is not None and previous is not None and all(key in previous.labels for key in keys):
+        before = np.asarray([previous.labels[key] for key in keys], dtype=np.int64)
+        kept_score = separation(x, before)
+        clear = score is not None and score >= settle and (kept_score is None or score > kept_score)
+        if not clear:
+            labels = {key: int(c) for key, c in zip(keys, before, strict=True)}
+            centroids = {int(c): x[before == c].mean(axis=0) for c in np.unique(before)}
+            return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())), crowded=crowded,
+                                 moved=moved, separation=kept_score, kept=True)
     ids = match_ids(keys, raw, k, previous)
     labels = {key: ids[int(r)] for key, r in zip(keys, raw, strict=True)}
     centroids = {ids[int(r)]: x[raw == r].mean(axis=0) for r in np.unique(raw)}
-    return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())), crowded=crowded, moved=moved)
+    return ClusterResult(k=k, labels=labels, centroids=dict(sorted(centroids.items())), crowded=crowded, moved=moved,
+                         separation=score)
+
+
+def separation(x: np.ndarray, labels: np.ndarray) -> float | None:
+    """Silhouette score of ``labels`` on the rows of ``x`` (Euclidean), or None with fewer than 2 clusters or
+    no cluster of two or more rows (the score is not defined there)."""
+    lab = np.asarray(labels)
+    used, sizes = np.unique(lab, return_counts=True)
+    if used.size < 2 or used.size >= x.shape[0]:
+        return None
+    return float(silhouette_score(x, lab, metric="euclidean"))
 
 
 def distinct_assign(

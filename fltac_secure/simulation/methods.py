@@ -178,7 +178,8 @@ class FLTAC(Method):
             train_steps=steps,
             sketches=sketches,
             labels=dict(assignment.labels),
-            extra={"constraint_moved": assignment.clusters.moved, "crowded_sites": list(assignment.clusters.crowded)},
+            extra={"constraint_moved": assignment.clusters.moved, "crowded_sites": list(assignment.clusters.crowded),
+                   "separation": assignment.clusters.separation, "kept_clusters": assignment.clusters.kept},
         )
 
     @property

@@ -84,6 +84,8 @@ def test_outputs_on_both_sides(normal_run: tuple[Fed, dict[str, Any]]) -> None:
     fed, run = normal_run
     out = fed.layout.aggregator / "out"
     assert (out / "clusters.json").is_file() and (out / "metrics.jsonl").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(-1.0 <= r["separation"] <= 1.0 and r["kept_clusters"] is False for r in rows)  # settle is off
     exported = sorted(p.name for p in out.glob("cluster_*") if (p / "adapter_model.safetensors").is_file())
     assert exported == [f"cluster_{c}" for c in sorted(run["state"].cluster_vectors)]
     for name in exported:  # the plan shares no task names: the folder says who is in it and how to map it

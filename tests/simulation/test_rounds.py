@@ -112,3 +112,30 @@ def test_accumulated_sketches_keep_clusters_through_a_noisy_round(plan_factory) 
     back = ServerState.from_tensors(load(save(state.to_tensors())))
     for k in keys:
         np.testing.assert_array_equal(back.sketch_sums[k], state.sketch_sums[k])
+
+
+def test_settled_clusters_survive_a_noisy_round_and_report_separation(plan_factory) -> None:
+    """clustering.settle: a round of pure noise (separation near 0, below the threshold) keeps the settled
+    clusters; without settle it scatters them. Every round reports its separation."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    rng = np.random.default_rng(1)
+    keys = [f"s{i}/{j}" for i in range(6) for j in range(3)]
+    task = [int(k[-1]) for k in keys]
+    centres = rng.standard_normal((3, 64))
+    rounds = [{k: centres[int(k[-1])] + rng.standard_normal(64) * 0.3 for k in keys},
+              {k: rng.standard_normal(64) * 1.5 for k in keys}]
+    results = {}
+    for settle in (None, 0.15):
+        plan = plan_factory(sketch_dim=64, settle=settle, distinct_per_site=False)
+        state = ServerState.initial(plan, keys, np.zeros(5, np.float32))
+        rows = []
+        for sketches in rounds:
+            a = server_assign(state, sketches, plan)
+            rows.append((ari(task, [a.labels[k] for k in keys]), a.clusters.separation, a.clusters.kept))
+            state = server_aggregate(state, a, {k: np.zeros(5, np.float32) for k in keys}, {k: 1 for k in keys}, plan)
+        results[settle] = rows
+    (a0, s0, k0), (a1, s1, k1) = results[None]
+    assert a0 == 1.0 and s0 > 0.5 and not k0 and a1 < 0.5 and s1 < 0.15 and not k1
+    (b0, _, _), (b1, t1, kept) = results[0.15]
+    assert b0 == 1.0 and b1 == 1.0 and kept and t1 is not None and t1 < s1

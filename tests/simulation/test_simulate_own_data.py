@@ -126,3 +126,4 @@ def test_a_site_with_more_tasks_than_clusters_is_reported(own: Path, tmp_path: P
     assert "north (2 slots)" in out and "raise clustering.k to at least 2" in out
     row = json.loads((tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["crowded_sites"] == ["north"]
+    assert row["separation"] is None and row["kept_clusters"] is False  # one cluster: no silhouette
