@@ -346,6 +346,16 @@ class Compression(Strict):
         "learning_rate per step, 0.1 after 20 steps at 5e-3. Clipped entries are counted in the site's log.",
     )  # fmt: skip
 
+    trim_head: bool = Field(
+        default=False,
+        description="Send only the head rows a slot's task uses: a task with k labels uploads and downloads its LoRA "
+        "part and head rows 0..k-1 (weight and bias); rows k and up stay at the initial head, which both ends "
+        "regenerate from the plan. Sketches are still taken on the full-length vector (the unused rows at the common "
+        "initial values add nothing after centering), so slots of tasks with different label counts stay "
+        "comparable. The wire length tells the aggregator each slot's number of labels. FL-TAC, oracle and the "
+        "simulator only: the FedIT baselines send their shared adapter whole; refused with secure_aggregation.",
+    )
+
     @property
     def enabled(self) -> bool:
         return self.bits < 32
@@ -466,6 +476,12 @@ class Plan(Strict):
             )
         self._ring_fits()
         self._slices_disjoint()
+        if self.compression.trim_head and self.secure_aggregation.enabled:
+            raise ValueError(
+                "compression.trim_head with secure_aggregation.enabled: the masked sums are not yet cut per head row "
+                "(members of a cluster may hold tasks with different label counts); set compression.trim_head: false "
+                "or secure_aggregation.enabled: false"
+            )
         if self.compression.enabled and self.secure_aggregation.enabled:
             from fltac_secure.secagg.qring import quant_width  # numpy only
 
@@ -526,7 +542,11 @@ class Plan(Strict):
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         out = handler(self)
-        if out.get("compression") == Compression().model_dump(mode="json"):
+        comp = out.get("compression")
+        if isinstance(comp, dict) and comp.get("trim_head") is False:
+            comp.pop("trim_head")  # plans without head trimming keep the hash they had
+        defaults = {k: v for k, v in Compression().model_dump(mode="json").items() if k != "trim_head"}
+        if comp == defaults:
             out.pop("compression", None)  # plans without compression keep the hash they had
         if isinstance(out.get("clustering"), dict) and "settle" in out["clustering"] and out["clustering"]["settle"] is None:
             out["clustering"].pop("settle")  # likewise plans without settle

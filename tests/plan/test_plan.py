@@ -283,6 +283,24 @@ def test_compression_with_secure_aggregation(tmp_path):
         load_plan(write(tmp_path, data))
 
 
+def test_trim_head_off_keeps_the_hash_on_is_hashed_and_refused_with_secure_aggregation(tmp_path):
+    """compression.trim_head: false (the default) leaves every hash as it was, with or without other compression
+    keys; true changes it; with secure aggregation on it is refused, naming both keys."""
+    def hashed(**compression):
+        data = mutate("secure_aggregation.enabled", False)
+        if compression:
+            data["compression"] = compression
+        return plan_hash(load_plan(write(tmp_path, data)))
+
+    assert hashed(trim_head=False) == hashed()
+    assert hashed(bits=8, trim_head=False) == hashed(bits=8)
+    assert len({hashed(), hashed(trim_head=True), hashed(bits=8), hashed(bits=8, trim_head=True)}) == 4
+    data = mutate("compression", {"trim_head": True})
+    data["secure_aggregation"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="compression.trim_head.*secure_aggregation.enabled"):
+        load_plan(write(tmp_path, data))
+
+
 def test_hash_cli_matches_library():
     result = CliRunner().invoke(app, ["plan", "hash", str(DEMO_PLAN)])
     assert result.exit_code == 0
