@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fltac_secure.errors import PrivacyError, StateError
+from fltac_secure.federation.trimmed import Trimmer
 from fltac_secure.learning.aggregate import cluster_means, redistribute
 from fltac_secure.learning.cluster import ClusterResult, cluster_sketches, site_of
 from fltac_secure.learning.seeding import derive_seed
@@ -139,7 +140,9 @@ def client_round(
     slot trains with DP-SGD through it; a slot whose next round would exceed
     its budget is left out of the results: it sends nothing more.  With DP off
     a given ``dp`` is refused too, so a mis-wired caller fails instead of
-    training without the noise it expected.
+    training without the noise it expected.  With ``compression.trim_head``
+    each new vector is put in canonical form (head rows beyond its task's
+    labels reset to the initial head) before it is sketched and returned.
     """
     _check_dp(model, site, plan, dp)
     missing = [s.key for s in slots if s.key not in start_vectors]
@@ -149,6 +152,7 @@ def client_round(
 
     kept, vectors, feats, stats = [], [], [], []
     lora_size = _lora_size(model)
+    trimmer = Trimmer.of(plan) if plan.compression.trim_head else None
     for s in slots:
         start = np.asarray(start_vectors[s.key], dtype=np.float32)
         set_slot_vector(model, s.task, start)
@@ -156,6 +160,8 @@ def client_round(
         if st.get("stopped_on_budget"):
             continue
         vec = get_slot_vector(model, s.task)
+        if trimmer is not None:  # canonical form: unused head rows at the initial head (sketched full-length)
+            vec = trimmer.canonical(vec, plan.task(s.task).num_labels)
         kept.append(s)
         vectors.append(vec)
         feats.append(clustering_features(vec, start, lora_size, plan.clustering.features))
@@ -348,17 +354,27 @@ def server_aggregate(
     vectors: Mapping[str, np.ndarray],
     counts: Mapping[str, int],
     plan: Plan,
+    *,
+    head_rows: Mapping[str, int] | None = None,
 ) -> ServerState:
     """Average within clusters, give every participating slot its cluster's mean; next round's state.
 
     Slots that did not take part this round keep their previous vector. The
-    input state is not modified.
+    input state is not modified.  With ``compression.trim_head``,
+    ``head_rows`` (slot -> its task's label count, from the plan) is required:
+    a head row is averaged over the members whose task uses it (a row no
+    member uses stays at the initial head) and each slot gets the mean in its
+    own canonical form.
     """
     if assignment.round != state.round:
         raise StateError(f"assignment is for round {assignment.round} but the server is in round {state.round}")
-    means = cluster_means(vectors, assignment.labels, counts, plan.aggregation.weighting)
+    if not plan.compression.trim_head:
+        means = cluster_means(vectors, assignment.labels, counts, plan.aggregation.weighting)
+        given = redistribute(means, assignment.labels)
+    else:
+        means, given = _trimmed_means(vectors, assignment.labels, counts, plan, head_rows)
     new_vectors = dict(state.vectors)
-    new_vectors.update(redistribute(means, assignment.labels))
+    new_vectors.update(given)
     return ServerState(
         round=state.round + 1,
         k=state.k,
@@ -368,3 +384,19 @@ def server_aggregate(
         own={key: r for key, r in state.own.items() if key not in assignment.labels},
         sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
     )
+
+
+def _trimmed_means(vectors: Mapping[str, np.ndarray], labels: Mapping[str, int], counts: Mapping[str, int],
+                   plan: Plan, head_rows: Mapping[str, int] | None,
+                   ) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
+    """Per-row cluster means and each slot's canonical copy (``compression.trim_head``)."""
+    missing = sorted(set(labels) - set(head_rows or {}))
+    if missing:
+        raise ValueError(f"compression.trim_head is on but no label count is known for slot(s) {missing[:4]}; "
+                         "pass head_rows (slot -> its task's number of labels, from the plan)")
+    rows = {key: int(head_rows[key]) for key in labels}  # type: ignore[index]
+    trimmer = Trimmer.of(plan)
+    masks = trimmer.masks({key: rows[key] for key in vectors})
+    means = cluster_means(vectors, labels, counts, plan.aggregation.weighting, masks=masks, fill=trimmer.init)
+    given = {key: trimmer.canonical(v, rows[key]) for key, v in redistribute(means, labels).items()}
+    return means, given

@@ -4,7 +4,10 @@ All methods train with the same ``train_slot`` and the same per-slot budget:
 ``training.local_steps`` optimizer steps per task slot per round.
 
 - ``fltac``: one adapter per (site, task); sketches clustered by K-means,
-  averaged within clusters, redistributed (``federation.rounds``).
+  averaged within clusters, redistributed (``federation.rounds``).  With
+  ``compression.trim_head`` each slot sends and receives only its task's
+  head rows (``federation.trimmed``); the FedIT baselines ignore the key
+  (one shared adapter, sent whole, as they ignore ``compression``).
 - ``oracle``: the same with the true task ids instead of K-means (isolates
   the clustering error).
 - ``fedit``, ``fedit-tagged``, ``fedit-taskheads``: one shared adapter for
@@ -37,6 +40,7 @@ from fltac_secure.federation.rounds import (
     server_aggregate,
     server_assign,
 )
+from fltac_secure.federation.trimmed import Trimmer, slot_head_rows
 from fltac_secure.learning.adapters import adapter_layout, initial_vector
 from fltac_secure.simulation.context import SimContext
 
@@ -145,6 +149,10 @@ class FLTAC(Method):
         self.residuals: dict[str, np.ndarray] = {}  # compression.error_feedback: each slot's residual (its site's)
         self.compression_rngs: dict[str, np.random.Generator] | None = None
         """Test hook: per site, the generator its quantisation draws from (None: OS randomness, as in the roles)."""
+        trim = ctx.plan.compression.trim_head
+        self.trimmer = Trimmer.of(ctx.plan) if trim else None
+        self.head_rows = slot_head_rows(ctx.plan, ctx.key_task) if trim else None
+        """compression.trim_head: each slot's label count (its head rows on the wire), from the plan."""
 
     def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
         return server_assign(self.state, sketches, self.ctx.plan)
@@ -161,18 +169,21 @@ class FLTAC(Method):
             advance(progress)
         if plan.compression.enabled and not plan.secure_aggregation.enabled:
             vectors = self._through_compression(vectors)
+        elif self.trimmer is not None:  # float32 wire parts, untrimmed by the server with the initial head
+            vectors = self.trimmer.through_wire(vectors, self.head_rows)
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
             self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts,
                                                                       self.compression_rngs)
         else:
-            self.state = server_aggregate(self.state, assignment, vectors, counts, plan)
-        n, d = len(vectors), self.vector_size
+            self.state = server_aggregate(self.state, assignment, vectors, counts, plan, head_rows=self.head_rows)
+        sizes = [self.wire_size(key) for key in vectors]
+        n = len(vectors)
         return RoundOutcome(
-            up_params=n * (d + self.sketch_params + 1),
-            down_params=n * (d + 1),
-            up_bytes=n * (update_nbytes(plan, d) + 8 * self.sketch_params + 8),
-            down_bytes=n * (4 * d + 8),
+            up_params=sum(sizes) + n * (self.sketch_params + 1),
+            down_params=sum(sizes) + n,
+            up_bytes=sum(update_nbytes(plan, d) for d in sizes) + n * (8 * self.sketch_params + 8),
+            down_bytes=4 * sum(sizes) + 8 * n,
             bits=plan.compression.bits,
             train_loss=float(np.nanmean(losses)),
             train_steps=steps,
@@ -186,15 +197,27 @@ class FLTAC(Method):
     def sketch_params(self) -> int:
         return self.ctx.plan.clustering.sketch_dim
 
+    def wire_size(self, key: str) -> int:
+        """Numbers of ``key``'s vector on the wire: the whole adapter, or with trim_head its task's part."""
+        return self.vector_size if self.trimmer is None else self.trimmer.size(self.head_rows[key])
+
     def _through_compression(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """What the server rebuilds from each site's quantised update (the residuals stay with the sites)."""
+        """What the server rebuilds from each site's quantised update (the residuals stay with the sites).
+
+        With trim_head the update is of the wire part (trained minus start, both trimmed) and the server
+        untrims the rebuilt part with the initial head.
+        """
+        t, rows = self.trimmer, self.head_rows
+        starts = self.state.vectors if t is None else {k: t.wire(self.state.vectors[k], rows[k]) for k in vectors}
         out: dict[str, np.ndarray] = {}
         for site in self.ctx.sites:
-            mine = {k: v for k, v in vectors.items() if k.rsplit("/", 1)[0] == site}
+            mine = {k: v if t is None else t.wire(v, rows[k]) for k, v in vectors.items()
+                    if k.rsplit("/", 1)[0] == site}
             rng = self.compression_rngs[site] if self.compression_rngs is not None else None
-            sent = compress_results(self.ctx.plan, mine, self.state.vectors, self.residuals, rng=rng)
+            sent = compress_results(self.ctx.plan, mine, starts, self.residuals, rng=rng)
             self.residuals.update({k: u.residual for k, u in sent.items() if u.residual is not None})
-            out.update(rebuild_vectors(self.state.vectors, {k: u.q for k, u in sent.items()}))
+            rebuilt = rebuild_vectors(starts, {k: u.q for k, u in sent.items()})
+            out.update(rebuilt if t is None else {k: t.full(v, rows[k]) for k, v in rebuilt.items()})
         return out
 
     def _secure(self) -> LocalSecureAggregation:
