@@ -55,6 +55,7 @@ from fltac_secure.federation.rounds import (
 )
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import append_jsonl, pin_plan
+from fltac_secure.federation.trimmed import refuse_in_roles
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.pki.crl import CrlWatch
 from fltac_secure.plan import Plan, Site, plan_hash, section_hashes
@@ -118,6 +119,7 @@ class Aggregator:
 
         if site.role != "aggregator":
             raise StateError(f"site file for {site.name!r} has role {site.role}; `fltac aggregator start` needs role aggregator")
+        refuse_in_roles(plan, "aggregator")
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.workspace = Path(site.workspace)
         self.log = log or EventLog(site.name)

@@ -43,6 +43,7 @@ from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import pin_plan
+from fltac_secure.federation.trimmed import refuse_in_roles
 from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
 from fltac_secure.transport.client import Retry, TransportClient
 from fltac_secure.transport.envelope import Message
@@ -77,6 +78,7 @@ class Collaborator:
             raise StateError(f"site file for {site.name!r} has role {site.role}; this command needs role collaborator")
         from fltac_secure.learning.adapters import adapter_layout
 
+        refuse_in_roles(plan, "collaborator")
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.log = log or EventLog(site.name)
         self.ws = SiteWorkspace(plan, site, self.hash)

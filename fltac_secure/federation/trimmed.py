@@ -9,6 +9,11 @@ sends each slot the wire part of its new vector, which the slot untrims the
 same way.  The expected length of every slot's vector comes from the plan
 and that slot's label count, never from what a peer sends.
 
+The networked roles do not implement it yet (the aggregator would need each
+slot's label count, which only the site knows): ``refuse_in_roles`` stops
+them at start with a message rather than letting them send whole heads under
+a plan that says otherwise.
+
 What the aggregator learns: a slot's wire length gives away its task's label
 count (not its name).  Plans whose tasks all have the same count reveal
 nothing new; the trade is documented in ``compression.trim_head``.
@@ -22,13 +27,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fltac_secure.errors import ConfigError
 from fltac_secure.learning.adapters import Layout, adapter_layout, initial_vector
 from fltac_secure.learning.trim import canonical, trim, untrim, wire_mask, wire_size
 
 if TYPE_CHECKING:
     from fltac_secure.plan import Plan
 
-__all__ = ["Trimmer", "slot_head_rows"]
+__all__ = ["Trimmer", "refuse_in_roles", "slot_head_rows"]
+
+
+def refuse_in_roles(plan: Plan, role: str) -> None:
+    """Stop a networked role under ``compression.trim_head`` (simulator only, for now)."""
+    if plan.compression.trim_head:
+        raise ConfigError(
+            f"compression.trim_head is on in plan {plan.federation!r}, but the {role} role does not send trimmed "
+            "heads yet (only `fltac simulate` does); set compression.trim_head: false to run the federation")
 
 
 def slot_head_rows(plan: Plan, key_task: Mapping[str, str]) -> dict[str, int]:
