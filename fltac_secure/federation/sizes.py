@@ -116,3 +116,12 @@ def model_sizes(plan: Plan, fedit_rank: int | None = None, facts: ModelFacts | N
         full_model=facts.base_parameters + head,
         fedit_rank=rank,
     )
+
+
+def slot_wire_sizes(plan: Plan, facts: ModelFacts | None = None) -> dict[str, int]:
+    """Numbers one slot of each task sends per round (and receives): the FL-TAC adapter, or with
+    ``compression.trim_head`` its LoRA part and only its task's head rows, ``k * (hidden + 1)``."""
+    facts = facts if facts is not None else model_facts(plan)
+    lora = plan.model.lora.rank * (facts.lora_per_rank if plan.trains_lora_a else facts.lora_b_per_rank)
+    rows = {t.name: t.num_labels if plan.compression.trim_head else plan.max_labels for t in plan.tasks}
+    return {name: lora + k * (facts.hidden + 1) for name, k in rows.items()}

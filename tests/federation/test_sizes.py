@@ -35,3 +35,20 @@ def test_recorded_facts_are_read_back_and_checked_against_the_plan(tmp_path: Pat
     assert workspace_model_facts(tmp_path, other) == model_facts(other)  # recorded for another base: recomputed
     path.write_text("{not json")
     assert workspace_model_facts(tmp_path, PLAN) == model_facts(PLAN)
+
+
+def test_slot_wire_sizes_equal_the_trimmed_parts() -> None:
+    """With trim_head each task's slot sends LoRA + its own rows; without, the whole adapter; FFA drops A."""
+    from fltac_secure.federation.sizes import slot_wire_sizes
+    from fltac_secure.federation.trimmed import Trimmer
+    from fltac_secure.plan.schema import Compression
+
+    for train_a in (True, False):
+        lora = PLAN.model.lora.model_copy(update={"train_a": train_a})
+        plan = PLAN.model_copy(update={"model": PLAN.model.model_copy(update={"lora": lora})})
+        assert slot_wire_sizes(plan) == {t.name: adapter_layout(plan).size for t in plan.tasks}
+        trimmed = plan.model_copy(update={"compression": Compression(trim_head=True)})
+        t = Trimmer.of(trimmed)
+        sizes = slot_wire_sizes(trimmed, model_facts(trimmed))
+        assert sizes == {task.name: t.size(task.num_labels) for task in trimmed.tasks}
+        assert len(set(sizes.values())) > 1 and max(sizes.values()) == adapter_layout(plan).size
