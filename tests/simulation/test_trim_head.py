@@ -121,3 +121,22 @@ def test_server_averages_each_head_row_over_the_members_that_use_it(plan):
     with pytest.raises(ValueError, match="expected"):  # a part of the wrong length is refused when untrimmed
         t.full(t.wire(vectors["s1/0"], 2), 3)
     assert width == 4
+
+
+def test_simulate_end_to_end_and_fedit_ignores_trim_head(plan, data, tmp_path):
+    """The runner, the report and the export work on a trimmed run; FedIT (one shared adapter) sends its
+    adapter whole under the same plan, as it ignores the rest of compression."""
+    from fltac_secure.simulation import simulate
+
+    p = with_trim(plan).model_copy(update={"rounds": 1})
+    res = simulate(p, data, "fltac", tmp_path / "fltac", progress=False)
+    t = Trimmer.of(p)
+    ctx = SimContext(p, data)
+    rows = {key: p.task(task).num_labels for key, task in ctx.key_task.items()}
+    assert res.final["up_params"] == sum(t.size(k) for k in rows.values()) + len(rows) * (p.clustering.sketch_dim + 1)
+    assert res.final["mean_accuracy"] > 0.3
+    fedit = simulate(p, data, "fedit", tmp_path / "fedit", progress=False, context=ctx)
+    plain = simulate(with_trim(plan, trim=False).model_copy(update={"rounds": 1}), data, "fedit",
+                     tmp_path / "fedit-plain", progress=False)
+    assert fedit.final["up_bytes"] == plain.final["up_bytes"]
+    assert fedit.final["mean_accuracy"] == plain.final["mean_accuracy"]
