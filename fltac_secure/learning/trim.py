@@ -26,7 +26,7 @@ import numpy as np
 
 from fltac_secure.learning.adapters import Layout
 
-__all__ = ["canonical", "head_hidden", "row_mask", "trim", "untrim", "wire_mask", "wire_size"]
+__all__ = ["canonical", "head_hidden", "trim", "untrim", "wire_mask", "wire_size"]
 
 
 def head_hidden(layout: Layout) -> tuple[int, int]:
@@ -53,11 +53,6 @@ def wire_mask(layout: Layout, k: int) -> np.ndarray:
     mask[w.start: w.start + k * hidden] = True
     mask[b.start: b.start + k] = True
     return mask
-
-
-def row_mask(layout: Layout, k: int) -> np.ndarray:
-    """The same mask: what a member of ``k`` labels contributes to a per-entry weighted mean."""
-    return wire_mask(layout, k)
 
 
 def wire_size(layout: Layout, k: int) -> int:
