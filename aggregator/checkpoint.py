@@ -4,8 +4,9 @@ Files (every one written atomically through ``fltac_secure.atomic``)::
 
     state/server-<round>.safetensors  the ServerState arrays: slot vectors, cluster vectors, labels, centroids
     state/checkpoint.json             the newest checkpoint: round, plan hash, members and their slot
-                                      counts, task names (if shared), history, ledger position, the name
-                                      and SHA-256 of its tensor file, and ``sha256`` over all of that
+                                      counts, task names (if shared), label counts per slot (with
+                                      compression.trim_head), history, ledger position, the name and
+                                      SHA-256 of its tensor file, and ``sha256`` over all of that
     state/checkpoint.prev.json        the checkpoint before it (same format, its own tensor file)
 
 One commit point.  ``save`` verifies the current ``checkpoint.json``, writes
@@ -91,6 +92,7 @@ class Checkpoint:
     members: dict[str, list[int]] = field(default_factory=dict)  # site -> sample count per slot
     tasks: dict[str, list[str]] = field(default_factory=dict)  # only when the plan shares task names
     history: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, list[int]] = field(default_factory=dict)  # compression.trim_head: label count per slot
 
 
 def canonical_digest(body: Mapping[str, Any]) -> str:
@@ -130,7 +132,7 @@ class CheckpointStore:
     def save(self, ckpt: Checkpoint) -> Path:
         """Write ``ckpt`` as the newest checkpoint; the one it replaces becomes the previous one."""
         r = ckpt.state.round
-        problems = checkpoint_problems(ckpt.state, ckpt.members, ckpt.tasks, self.facts)
+        problems = checkpoint_problems(ckpt.state, ckpt.members, ckpt.tasks, self.facts, ckpt.labels)
         if problems:
             raise StateError(f"refusing to write a checkpoint of round {r} that would not load: {'; '.join(problems)}. "
                              f"This is a bug in the aggregator; the last good checkpoint in {self.dir} is intact")
@@ -146,7 +148,7 @@ class CheckpointStore:
         body = json.loads(json.dumps({
             "format": FORMAT, "plan_hash": self.plan_hash, "round": r,
             "tensors": name, "tensors_sha256": hashlib.sha256(raw).hexdigest(),
-            "members": ckpt.members, "tasks": ckpt.tasks, "history": ckpt.history,
+            "members": ckpt.members, "tasks": ckpt.tasks, "history": ckpt.history, "labels": ckpt.labels,
             "ledger_bytes": ledger.stat().st_size if ledger.exists() else 0,
         }))  # fmt: skip
         write_json(self.dir / CHECKPOINT, {**body, DIGEST: canonical_digest(body)})
@@ -247,11 +249,12 @@ class CheckpointStore:
     def _checked(self, path: Path, meta: dict[str, Any], state: ServerState) -> Checkpoint:
         """The checkpoint of ``meta`` and ``state`` if its values are ones this plan can produce."""
         members, tasks, history = meta.get("members"), meta.get("tasks"), meta.get("history")
+        labels = meta.get("labels", {})  # absent in checkpoints written before trim_head reached the roles
         if not (isinstance(members, dict) and isinstance(tasks, dict) and isinstance(history, list)
-                and all(isinstance(row, dict) for row in history)):
-            raise Damaged(f"{path} holds values this plan cannot produce: members and tasks must be JSON objects "
-                          "and history a list of objects")
-        problems = checkpoint_problems(state, members, tasks, self.facts)
+                and all(isinstance(row, dict) for row in history) and isinstance(labels, dict)):
+            raise Damaged(f"{path} holds values this plan cannot produce: members, tasks and labels must be JSON "
+                          "objects and history a list of objects")
+        problems = checkpoint_problems(state, members, tasks, self.facts, labels)
         if meta.get("round") != state.round:
             problems.append(f"round {meta.get('round')!r:.20} disagrees with its tensors (round {state.round})")
         ledger_bytes = meta.get("ledger_bytes")
@@ -259,4 +262,4 @@ class CheckpointStore:
             problems.append(f"ledger_bytes must be a non-negative integer, got {ledger_bytes!r:.20}")
         if problems:
             raise Damaged(f"{path} holds values this plan cannot produce: {'; '.join(problems)}")
-        return Checkpoint(state, members, tasks, history)
+        return Checkpoint(state, members, tasks, history, labels)

@@ -13,6 +13,8 @@ Invariants, all from how ``aggregator/service.py`` builds its state:
 - members are sites of the plan's roster, each with 1..(number of tasks)
   slots whose sample counts are integers in ``1..2**31-1`` (what JOIN allows);
   shared task names, if any, are one string per slot of a member;
+- declared label counts (``labels``) exist exactly under ``compression.trim_head``:
+  then every member has one per slot, each the label count of a task of the plan;
 - every slot vector belongs to a member's slot and each member has either
   all of its slots or none (a site that joined but never took part yet);
 - vectors and cluster vectors have the plan's adapter size, centroids the
@@ -47,18 +49,20 @@ class PlanFacts:
     n_tasks: int
     vector_size: int
     sketch_dim: int
+    label_counts: frozenset[int] | None = None  # compression.trim_head: the tasks' label counts
 
     @classmethod
     def of(cls, plan: Plan, vector_size: int) -> PlanFacts:
         """Facts of ``plan``; ``vector_size`` is its adapter size (``adapter_layout(plan).size``)."""
+        labels = frozenset(t.num_labels for t in plan.tasks) if plan.compression.trim_head else None
         return cls(k=plan.k, rounds=plan.rounds, roster=frozenset(plan.roster), n_tasks=len(plan.tasks),
-                   vector_size=int(vector_size), sketch_dim=plan.clustering.sketch_dim)
+                   vector_size=int(vector_size), sketch_dim=plan.clustering.sketch_dim, label_counts=labels)
 
 
 def checkpoint_problems(state: ServerState, members: Mapping[str, Any], tasks: Mapping[str, Any],
-                        facts: PlanFacts) -> list[str]:
+                        facts: PlanFacts, labels: Mapping[str, Any] | None = None) -> list[str]:
     """Every way the checkpoint's values break the invariants above (empty: it is sound)."""
-    out: list[str] = []
+    out = _label_problems(members, labels or {}, facts)
     if state.k != facts.k:
         out.append(f"cluster count k = {state.k}, the plan has k = {facts.k}")
     if not 0 <= state.round <= facts.rounds:
@@ -95,6 +99,23 @@ def _member_problems(members: Mapping[str, Any], tasks: Mapping[str, Any], facts
             out.append(f"task names are recorded for {site}, which is not a member")
         elif not (isinstance(names, list) and len(names) == n and all(isinstance(t, str) for t in names)):
             out.append(f"task names of site {site} must be {n} strings, got {names!r:.80}")
+    return out
+
+
+def _label_problems(members: Mapping[str, Any], labels: Mapping[str, Any], facts: PlanFacts) -> list[str]:
+    if facts.label_counts is None:
+        return [f"label counts are recorded for {_few(sorted(labels))} but compression.trim_head is off"] if labels else []
+    out: list[str] = []
+    for site, counts in members.items():
+        got = labels.get(site)
+        n = len(counts) if isinstance(counts, list) else None
+        if not (isinstance(got, list) and len(got) == n and all(type(k) is int for k in got)
+                and set(got) <= facts.label_counts):
+            out.append(f"site {site} must have {n} label counts, each one of {sorted(facts.label_counts)} "
+                       f"(compression.trim_head), got {got!r:.80}")
+    strangers = sorted(set(labels) - set(members))
+    if strangers:
+        out.append(f"label counts are recorded for {_few(strangers)}, which are not members")
     return out
 
 

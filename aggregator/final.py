@@ -121,7 +121,8 @@ def final_message(agg: Aggregator, phase: FinalPhase, site: str) -> Message:
     return agg.server.message(fm.FINAL, round=phase.round,
                               meta={"clusters": [labels.get(slot_key(site, i), -1) for i in range(n)],
                                     **sm.own_meta(own)},
-                              tensors=fm.vector_tensors({i: st.vectors[slot_key(site, i)] for i in range(n)}))
+                              tensors=agg.wires.vector_tensors(agg.members[site],
+                                                               {i: st.vectors[slot_key(site, i)] for i in range(n)}))
 
 
 def send_final(agg: Aggregator, phase: FinalPhase, site: str) -> None:

@@ -18,12 +18,14 @@ from fltac_secure.transport.envelope import Message
 
 @dataclass
 class Member:
-    """A collaborator known to this run: slot sample counts, task names (if shared), last handled message."""
+    """A collaborator known to this run: slot sample counts, task names (if shared), last handled message,
+    label count per slot (``compression.trim_head`` only)."""
 
     name: str
     counts: list[int]
     tasks: list[str] | None = None
     last: tuple[int, str] = (-1, "")
+    labels: list[int] | None = None
 
     @property
     def slots(self) -> int:
@@ -86,6 +88,6 @@ def missed_reasons(roster: list[str], participants: list[str], sketched: list[st
     return out
 
 
-def join_of(msg: Message, share_task_names: bool) -> Member:
-    j = fm.parse_join(msg, share_task_names=share_task_names)
-    return Member(msg.sender, j.counts, j.tasks, (j.last_round, j.last_kind))
+def join_of(msg: Message, share_task_names: bool, label_counts: list[int] | None = None) -> Member:
+    j = fm.parse_join(msg, share_task_names=share_task_names, label_counts=label_counts)
+    return Member(msg.sender, j.counts, j.tasks, (j.last_round, j.last_kind), j.labels)

@@ -39,11 +39,11 @@ import numpy as np
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.final import FinalPhase, finish, on_join
 from aggregator.phases import Member, Phase, join_of, missed_reasons
+from aggregator.wire import MemberWires
 from fltac_secure.errors import CompressionError, FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.console import EventLog
-from fltac_secure.federation.compressed import rebuild_vectors
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import (
     Assignment,
@@ -55,7 +55,6 @@ from fltac_secure.federation.rounds import (
 )
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import append_jsonl, pin_plan
-from fltac_secure.federation.trimmed import refuse_in_roles
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.pki.crl import CrlWatch
 from fltac_secure.plan import Plan, Site, plan_hash, section_hashes
@@ -119,13 +118,13 @@ class Aggregator:
 
         if site.role != "aggregator":
             raise StateError(f"site file for {site.name!r} has role {site.role}; `fltac aggregator start` needs role aggregator")
-        refuse_in_roles(plan, "aggregator")
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.workspace = Path(site.workspace)
         self.log = log or EventLog(site.name)
         self.join_window = float(join_window if join_window is not None else plan.timeouts.join)
         self.faults = faults or Faults()
         self.shapes = fm.plan_shapes(plan, adapter_layout(plan).size)
+        self.wires = MemberWires(plan, self.shapes.vector_size)  # compression.trim_head: what travels per slot
         self.store = CheckpointStore(self.workspace, self.hash, plan, vector_size=self.shapes.vector_size, log=self.log)
         self.members: dict[str, Member] = {}
         self.joined: set[str] = set()
@@ -171,7 +170,8 @@ class Aggregator:
         self.store.remove_stale_temps()
         if self.store.exists:
             ckpt = self.store.load()
-            self.members = {s: Member(s, c, ckpt.tasks.get(s)) for s, c in ckpt.members.items()}
+            self.members = {s: Member(s, c, ckpt.tasks.get(s), labels=ckpt.labels.get(s))
+                            for s, c in ckpt.members.items()}
             self.history = ckpt.history
             self.log.info(f"resuming from checkpoint: round {ckpt.state.round} of {self.plan.rounds}")
             return ckpt.state
@@ -232,14 +232,12 @@ class Aggregator:
         if msg.kind == fm.UPDATE:
             assert self.phase is not None
             wanted = [i for i, c in enumerate(self.phase.messages[peer].meta["clusters"]) if c >= 0]
-            if self.plan.compression.enabled:
-                return fm.parse_quantised(msg, wanted, self.shapes)
-            return fm.parse_vectors(msg, wanted, self.shapes)
+            return self.wires.parse_update(msg, member, wanted, self.shapes)
         return True  # DONE
 
     def _on_join(self, peer: str, msg: Message) -> None:
         try:
-            member = join_of(msg, self.plan.privacy.share_task_names)
+            member = join_of(msg, self.plan.privacy.share_task_names, self.wires.label_counts)
         except ProtocolError as exc:
             self.log.warn(f"refused JOIN from {peer}: {exc}")
             return
@@ -250,6 +248,10 @@ class Aggregator:
         if known is not None and known.slots != member.slots:
             self.log.error(f"{peer} now announces {member.slots} task slots instead of {known.slots}; ignoring it "
                            "(a site keeps its tasks for the whole federation)")
+            return
+        if known is not None and known.labels != member.labels:
+            self.log.error(f"{peer} now announces label counts {member.labels} instead of {known.labels}; ignoring "
+                           "it (a site keeps its tasks for the whole federation)")
             return
         if peer not in self.joined:
             self.log.good(f"{peer} joined with {member.slots} task slot(s)")
@@ -353,7 +355,8 @@ class Aggregator:
             sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
                                               labels={k: assignment.labels[k] for k in vectors},
                                               centroids=assignment.clusters.centroids))
-            new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan)
+            new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, self.plan,
+                                   head_rows=self.wires.head_rows(self.members, sub.labels))
             extra, ignored, labels = {}, sketch_phase.ignored + update_phase.ignored, dict(sub.labels)
         extra = {**extra, "separation": sep, "kept_clusters": assignment.clusters.kept}
         report = RoundReport(r, attempt, parts, sketched, updated, dict(labels), ignored, time.monotonic() - started,
@@ -366,9 +369,9 @@ class Aggregator:
         kept = []
         for s in sites:
             try:
-                phase.answers[s] = {i: v for i, v in zip(phase.answers[s], rebuild_vectors(
-                    {slot_key(s, i): state.vectors[slot_key(s, i)] for i in phase.answers[s]},
-                    {slot_key(s, i): q for i, q in phase.answers[s].items()}).values(), strict=True)}
+                updates = phase.answers[s]
+                phase.answers[s] = self.wires.rebuild(self.members[s], {i: state.vectors[slot_key(s, i)]
+                                                                         for i in updates}, updates)
                 kept.append(s)
             except CompressionError as exc:
                 self.log.warn(f"round {phase.round}: refused the UPDATE of {s}: {exc}")
@@ -404,7 +407,8 @@ class Aggregator:
         n = self.members[site].slots
         vecs = {i: state.vectors[slot_key(site, i)] for i in range(n)}
         own = {i: state.own[slot_key(site, i)] for i in range(n) if slot_key(site, i) in state.own}
-        return self.server.message(fm.ROUND_START, round=r, meta=sm.own_meta(own), tensors=fm.vector_tensors(vecs))
+        return self.server.message(fm.ROUND_START, round=r, meta=sm.own_meta(own),
+                                   tensors=self.wires.vector_tensors(self.members[site], vecs))
 
     def _assignment_message(self, assignment: Assignment, site: str, r: int) -> Message:
         assert self.server is not None
@@ -432,7 +436,8 @@ class Aggregator:
         self.history.append(row)
         members = {s: m.counts for s, m in self.members.items()}
         tasks = {s: m.tasks for s, m in self.members.items() if m.tasks}
-        self.store.save(Checkpoint(new, members, tasks, self.history))
+        labels = {s: m.labels for s, m in self.members.items() if m.labels is not None}
+        self.store.save(Checkpoint(new, members, tasks, self.history, labels))
         append_jsonl(self.workspace / "out" / "metrics.jsonl", row)
         record_round(self.workspace, report.round, sketches, report.clusters)
         for site, why in report.missed.items():

@@ -43,7 +43,7 @@ from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.sizes import record_model_facts
 from fltac_secure.federation.storage import pin_plan
-from fltac_secure.federation.trimmed import refuse_in_roles
+from fltac_secure.federation.trimmed import site_labels
 from fltac_secure.plan import Plan, Site, hello_sections, plan_hash
 from fltac_secure.transport.client import Retry, TransportClient
 from fltac_secure.transport.envelope import Message
@@ -78,7 +78,6 @@ class Collaborator:
             raise StateError(f"site file for {site.name!r} has role {site.role}; this command needs role collaborator")
         from fltac_secure.learning.adapters import adapter_layout
 
-        refuse_in_roles(plan, "collaborator")
         self.plan, self.site, self.hash = plan, site, plan_hash(plan)
         self.log = log or EventLog(site.name)
         self.ws = SiteWorkspace(plan, site, self.hash)
@@ -241,7 +240,8 @@ class Collaborator:
 
     def _join(self) -> None:
         tasks = self.ws.tasks if self.plan.privacy.share_task_names else None
-        self._send(fm.JOIN, 0, fm.join_meta(self.ws.counts, self.last[0], self.last[1], tasks))
+        labels = site_labels(self.plan, self.ws.tasks)  # compression.trim_head: the wire sizes the aggregator expects
+        self._send(fm.JOIN, 0, fm.join_meta(self.ws.counts, self.last[0], self.last[1], tasks, labels))
         self.joined.set()
 
     # -- requests ------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class Collaborator:
         from fltac_secure.federation.rounds import client_round
 
         r = msg.round
-        received = fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes)
+        received = self._vectors(msg)
         vectors = self._own(msg, dict(received))
         self.last = (r, fm.ROUND_START)
         if r > 0:
@@ -314,7 +314,7 @@ class Collaborator:
         if self.plan.compression.enabled:
             self._send_quantised(r, sorted(wanted))
         else:
-            self._send(fm.UPDATE, r, tensors=fm.vector_tensors(wanted))
+            self._send(fm.UPDATE, r, tensors=fm.vector_tensors(self.ws.wire.out(wanted)))
         self.last = (r, fm.UPDATE)
         self.log.info(f"round {r}: sent {len(wanted)} adapter(s) for clusters {[c for c in clusters if c >= 0]}")
 
@@ -330,9 +330,13 @@ class Collaborator:
             return cache
         from fltac_secure.federation.compressed import compress_results
 
-        size = self.shapes.vector_size
-        residuals = {_key(self.site.name, i): v for i, v in self.ws.read_residuals(size).items()}
-        sent = compress_results(self.plan, {x.key: x.vector for x in cache.results}, starts, residuals,
+        wire, idx = self.ws.wire, [_index(x.key) for x in cache.results]  # trim_head: updates of the wire parts
+        residuals = {_key(self.site.name, i): v for i, v in self.ws.read_residuals(wire.sizes(idx) or
+                                                                                   self.shapes.vector_size).items()}
+        parts = wire.out({_index(x.key): x.vector for x in cache.results})
+        origins = wire.out({_index(k): v for k, v in starts.items()})
+        sent = compress_results(self.plan, {_key(self.site.name, i): parts[i] for i in idx},
+                                {_key(self.site.name, i): origins[i] for i in idx}, residuals,
                                 rng=self.faults.quantise_rng)
         cache.updates = {_index(k): u.q for k, u in sent.items()}
         cache.residuals = {_index(k): u.residual for k, u in sent.items() if u.residual is not None}
@@ -342,10 +346,16 @@ class Collaborator:
         """UPDATE with the cached quantised updates; error-feedback residuals committed first (idempotent:
         a repeated ASSIGNMENT writes the same values, and a crash before sending loses nothing)."""
         assert self.cache is not None
+        sizes = self.ws.wire.sizes(range(len(self.ws.slots)))
         if self.plan.compression.error_feedback:
-            self.ws.commit_residuals(r, {i: self.cache.residuals[i] for i in wanted}, self.shapes.vector_size)
-        meta, tensors = fm.quantised_message_parts({i: self.cache.updates[i] for i in wanted}, self.shapes)
+            self.ws.commit_residuals(r, {i: self.cache.residuals[i] for i in wanted}, sizes or self.shapes.vector_size)
+        meta, tensors = fm.quantised_message_parts({i: self.cache.updates[i] for i in wanted}, self.shapes, sizes)
         self._send(fm.UPDATE, r, meta, tensors)
+
+    def _vectors(self, msg: Message) -> dict[int, Any]:
+        """ROUND_START's or FINAL's full vector per slot: the wire parts (sizes from the plan) untrimmed."""
+        slots = range(len(self.ws.slots))
+        return self.ws.wire.back(fm.parse_vectors(msg, slots, self.shapes, self.ws.wire.sizes(slots)))
 
     def _own(self, msg: Message, vectors: dict[int, Any]) -> dict[int, Any]:
         """Slots whose cluster was not securely summed continue from this site's own trained vector."""
@@ -360,7 +370,7 @@ class Collaborator:
         return vectors
 
     def _final(self, msg: Message) -> None:
-        vectors = self._own(msg, fm.parse_vectors(msg, range(len(self.ws.slots)), self.shapes))
+        vectors = self._own(msg, self._vectors(msg))
         clusters = fm.parse_clusters(msg, len(self.ws.slots), self.shapes)
         self.last = (msg.round, fm.FINAL)
         rows = self.ws.keep_globals(msg.round, vectors, final=True)

@@ -7,7 +7,8 @@
                               (with compression: each slot's quantised update and next residual too)
 ``state/residuals.safetensors`` compression.error_feedback: each slot's residual (``residual/<i>``), what
                               rounding left out of its uploads so far; replaced atomically when an
-                              UPDATE goes out, so a restart resumes it
+                              UPDATE goes out, so a restart resumes it (with compression.trim_head the
+                              updates and residuals are of each slot's wire part, ``self.wire``)
 ``state/privacy.json``        the DP ledger (``fltac_secure.privacy``), when DP is on
 ``out/<task>/``               the latest global adapter of each task, peft format
 ``out/metrics.jsonl``         local test accuracy of those adapters, training loss
@@ -20,7 +21,9 @@ and ``slot_key(site, i)`` is the only name the aggregator ever sees.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from fltac_secure.atomic import remove_stale_temps
 from fltac_secure.errors import CompressionError, StateError
 from fltac_secure.federation.rounds import ClientSlot, SlotResult, slot_key
 from fltac_secure.federation.storage import append_jsonl, read_json, read_tensors, write_json, write_tensors
+from fltac_secure.federation.trimmed import SiteWire, site_labels
 from fltac_secure.learning.compress import Quantised, from_wire
 from fltac_secure.plan import Plan, Site
 
@@ -96,6 +100,13 @@ class SiteWorkspace:
                       for i, t in enumerate(self.tasks)]
         self.test = {t: encode(self.model, ds, n) for t, ds in test.items() if len(ds)}
 
+    @cached_property
+    def wire(self) -> SiteWire:
+        """What travels of each slot: its whole vector, or with compression.trim_head its task's wire part."""
+        from fltac_secure.learning.adapters import adapter_layout
+
+        return SiteWire.of(self.plan, adapter_layout(self.plan).size, site_labels(self.plan, self.tasks))
+
     @property
     def counts(self) -> list[int]:
         return [s.n_samples for s in self.slots]
@@ -140,19 +151,23 @@ class SiteWorkspace:
         results = [SlotResult(slot_key(self.site.name, i), t[f"vector/{i}"], t[f"sketch/{i}"],
                               int(t[f"count/{i}"][0])) for i in idx if i < len(self.tasks)]
         c, n = self.plan.compression, len(results[0].vector) if results else 0
+        known = [i for i in idx if i < len(self.tasks)]
+        sizes = self.wire.sizes(known) or {i: n for i in known}  # trim_head: updates are of the wire parts
         try:
-            updates = {i: from_wire(t[f"qslot/{i}"], t[f"qscale/{i}"], n, c.bits, c.block_size)
+            updates = {i: from_wire(t[f"qslot/{i}"], t[f"qscale/{i}"], sizes[i], c.bits, c.block_size)
                        for i in idx if f"qslot/{i}" in t and c.enabled}
         except (CompressionError, KeyError) as exc:
             raise StateError(f"round cache {path} holds a damaged quantised update ({exc}); remove it to retrain "
                              "the round") from None
-        residuals = {i: self._checked_residual(t[f"residual/{i}"], n, path) for i in idx if f"residual/{i}" in t}
+        residuals = {i: self._checked_residual(t[f"residual/{i}"], sizes[i], path)
+                     for i in idx if f"residual/{i}" in t and i in sizes}
         starts = {i: self._checked_residual(t[f"start/{i}"], n, path) for i in idx if f"start/{i}" in t}
         return RoundCache(int(t["round"][0]), results, updates, residuals, starts)
 
     # -- error feedback --------------------------------------------------------------
-    def read_residuals(self, size: int) -> dict[int, np.ndarray]:
-        """Slot index -> its error-feedback residual (none yet: empty), each checked: (size,) float32, finite."""
+    def read_residuals(self, size: int | Mapping[int, int]) -> dict[int, np.ndarray]:
+        """Slot index -> its error-feedback residual (none yet: empty), each checked: (size,) float32, finite
+        (``size[i]`` per slot: with compression.trim_head a residual is as long as the slot's wire part)."""
         path = self.root / STATE / RESIDUALS
         if not path.is_file():
             return {}
@@ -162,10 +177,10 @@ class SiteWorkspace:
             kind, _, idx = name.partition("/")
             if kind != "residual" or not idx.isdigit() or int(idx) >= len(self.tasks):
                 raise StateError(f"unexpected tensor {name!r} in {path}; remove the file to restart error feedback")
-            out[int(idx)] = self._checked_residual(arr, size, path)
+            out[int(idx)] = self._checked_residual(arr, size if isinstance(size, int) else size[int(idx)], path)
         return out
 
-    def commit_residuals(self, r: int, residuals: dict[int, np.ndarray], size: int) -> None:
+    def commit_residuals(self, r: int, residuals: dict[int, np.ndarray], size: int | Mapping[int, int]) -> None:
         """Replace the residuals of the slots whose update of round ``r`` goes out (atomic; idempotent)."""
         merged = {**self.read_residuals(size), **residuals}
         write_tensors(self.root / STATE / RESIDUALS, {f"residual/{i}": np.asarray(v, np.float32)

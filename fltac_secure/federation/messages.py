@@ -2,7 +2,8 @@
 
 Kinds (``->`` shows the direction)::
 
-    JOIN         collab -> agg   meta: slots, counts, last=[round, kind]; tasks only if the plan shares them
+    JOIN         collab -> agg   meta: slots, counts, last=[round, kind]; tasks only if the plan shares them;
+                                 labels (one label count per slot) exactly when compression.trim_head is on
     ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from
     SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float64; meta: slots, counts
     ASSIGNMENT   agg -> collab   round r; meta: clusters (one id in [0, k) per slot, -1: not assigned)
@@ -12,6 +13,14 @@ Kinds (``->`` shows the direction)::
     DONE         collab -> agg   round R; the site holds the final adapters (the aggregator may stop)
     FINAL        agg -> collab   round R; tensors slot/<i> (D,) float32; meta: clusters
     ABORT        agg -> collab   the run stopped; meta: reason
+
+With ``compression.trim_head`` every ``slot/<i>`` and ``qslot/<i>`` above
+holds slot i's *wire part* (``learning.trim``): ``D_i = lora_size + k_i *
+(hidden + 1)`` numbers for a slot whose task has ``k_i`` labels, ``k_i``
+from the site's JOIN (each a label count of some task in the plan); the
+quantised header's ``values`` is then the list of the ``D_i`` of the slots
+sent, in slot order.  The wire length reveals a slot's label count to the
+aggregator (and to anyone who sees the TLS record sizes), not its task name.
 
 Checks happen in two places, because the kind registry is process-global and
 one process may run several plans (tests do): the registered rules are
@@ -38,7 +47,7 @@ costs nothing worth saving.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,12 +105,17 @@ def update_parameters(msg: Message) -> int:
     For the ledger only (before any check, so it never raises): a message whose meta is not a plausible
     quantisation header counts its raw tensor elements.  ``parse_quantised`` checks everything later.
     """
-    packed = [a for n, a in msg.tensors.items() if _QSLOT_RE.fullmatch(n)]
+    packed = sorted(((int(m.group(1)), a) for n, a in msg.tensors.items() if (m := _QSLOT_RE.fullmatch(n))),
+                    key=lambda t: t[0])
     values = msg.meta.get("values")
-    if not packed or not isinstance(values, int) or isinstance(values, bool) or values < 0:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values] * len(packed)
+    if (not packed or not isinstance(values, list) or len(values) != len(packed)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
         return msg.tensor_elements
     plain = sum(int(a.size) for n, a in msg.tensors.items() if _SLOT_RE.fullmatch(n))
-    return plain + sum(min(values, 4 * int(a.size)) for a in packed)  # at most 4 values (2 bits) per byte
+    # at most 4 values (2 bits) per byte
+    return plain + sum(min(v, 4 * int(a.size)) for v, (_, a) in zip(values, packed, strict=True))
 
 
 register_federation_kinds()
@@ -154,8 +168,9 @@ def _refuse(msg: Message, what: str, reason: str = "bad_shape") -> ProtocolError
     return ProtocolError(f"{msg.kind} from {msg.sender!r} (round {msg.round}): {what}", reason)
 
 
-def _indexed(msg: Message, pattern: re.Pattern[str], slots: Sequence[int], size: int) -> dict[int, np.ndarray]:
-    """Tensors ``<prefix>/<i>`` for exactly the slot indices ``slots``, each of ``size`` elements."""
+def _indexed(msg: Message, pattern: re.Pattern[str], slots: Sequence[int],
+             size: int | Mapping[int, int]) -> dict[int, np.ndarray]:
+    """Tensors ``<prefix>/<i>`` for exactly the slot indices ``slots``, each of ``size`` (or ``size[i]``) elements."""
     found: dict[int, np.ndarray] = {}
     for name, arr in msg.tensors.items():
         m = pattern.fullmatch(name)
@@ -165,8 +180,9 @@ def _indexed(msg: Message, pattern: re.Pattern[str], slots: Sequence[int], size:
     if sorted(found) != sorted(slots):
         raise _refuse(msg, f"expected tensors for slots {sorted(slots)}, got {sorted(found)}", "bad_tensors")
     for i, arr in found.items():
-        if arr.shape != (size,):
-            raise _refuse(msg, f"slot {i} has shape {arr.shape}, expected ({size},) for this plan")
+        want = size if isinstance(size, int) else size[i]
+        if arr.shape != (want,):
+            raise _refuse(msg, f"slot {i} has shape {arr.shape}, expected ({want},) for this plan")
     return {i: np.asarray(found[i]) for i in sorted(found)}
 
 
@@ -190,21 +206,29 @@ class Join:
     last_round: int
     last_kind: str
     tasks: list[str] | None = None
+    labels: list[int] | None = None  # compression.trim_head: each slot's label count
 
     @property
     def slots(self) -> int:
         return len(self.counts)
 
 
-def join_meta(counts: Sequence[int], last_round: int, last_kind: str, tasks: Sequence[str] | None) -> dict:
+def join_meta(counts: Sequence[int], last_round: int, last_kind: str, tasks: Sequence[str] | None,
+              labels: Sequence[int] | None = None) -> dict:
     meta: dict = {"slots": len(counts), "counts": [int(c) for c in counts], "last": [int(last_round), last_kind]}
     if tasks is not None:
         meta["tasks"] = list(tasks)
+    if labels is not None:
+        meta["labels"] = [int(k) for k in labels]
     return meta
 
 
-def parse_join(msg: Message, *, share_task_names: bool) -> Join:
-    """The JOIN's content, checked: 1..MAX_SLOTS slots, counts >= 1, task names only if allowed."""
+def parse_join(msg: Message, *, share_task_names: bool, label_counts: Collection[int] | None = None) -> Join:
+    """The JOIN's content, checked: 1..MAX_SLOTS slots, counts >= 1, task names only if allowed.
+
+    ``label_counts`` (with ``compression.trim_head``: the label counts of the plan's tasks) makes ``labels``
+    required, one per slot, each one of them; None (trimming off) refuses a JOIN that carries ``labels``.
+    """
     n = msg.meta.get("slots")
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SLOTS:
         raise _refuse(msg, f"meta 'slots' must be an integer in 1..{MAX_SLOTS}", "bad_meta")
@@ -218,7 +242,23 @@ def parse_join(msg: Message, *, share_task_names: bool) -> Join:
             raise _refuse(msg, "carries task names but the plan has privacy.share_task_names off", "bad_meta")
         if not (isinstance(tasks, list) and len(tasks) == n and all(isinstance(t, str) for t in tasks)):
             raise _refuse(msg, "meta 'tasks' must list one name per slot", "bad_meta")
-    return Join(counts, int(last[0]), str(last[1]), tasks)
+    return Join(counts, int(last[0]), str(last[1]), tasks, _join_labels(msg, n, label_counts))
+
+
+def _join_labels(msg: Message, n: int, label_counts: Collection[int] | None) -> list[int] | None:
+    if label_counts is None:
+        if "labels" in msg.meta:
+            raise _refuse(msg, "declares label counts ('labels') but the plan has compression.trim_head off", "bad_meta")
+        return None
+    allowed = sorted({int(k) for k in label_counts})
+    if "labels" not in msg.meta:
+        raise _refuse(msg, "declares no label counts ('labels'), which compression.trim_head needs", "bad_meta")
+    labels = _int_list(msg, "labels", n, 1, 2**31 - 1)
+    strange = sorted(set(labels) - set(allowed))
+    if strange:
+        raise _refuse(msg, f"declares label count(s) {strange} that no task of the plan has (tasks have {allowed})",
+                      "bad_meta")
+    return labels
 
 
 # -- vectors (ROUND_START, UPDATE, FINAL) and sketches ----------------------------
@@ -229,35 +269,46 @@ def vector_tensors(vectors: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"slot/{i}": np.ascontiguousarray(v, dtype=np.float32) for i, v in vectors.items()}
 
 
-def parse_vectors(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[int, np.ndarray]:
-    """One (D,) float32 vector for each slot index in ``slots`` (ROUND_START, UPDATE, FINAL)."""
+def parse_vectors(msg: Message, slots: Sequence[int], shapes: Shapes,
+                  sizes: Mapping[int, int] | None = None) -> dict[int, np.ndarray]:
+    """One (D,) float32 vector for each slot index in ``slots`` (ROUND_START, UPDATE, FINAL); with
+    ``sizes`` (``compression.trim_head``: slot -> its wire size, from the plan) ``(sizes[i],)`` instead."""
     if msg.kind not in (ROUND_START, UPDATE, FINAL):
         raise _refuse(msg, "does not carry adapter vectors", "bad_kind")
-    return _indexed(msg, _SLOT_RE, slots, shapes.vector_size)
+    return _indexed(msg, _SLOT_RE, slots, shapes.vector_size if sizes is None else sizes)
 
 
-def quantised_message_parts(updates: Mapping[int, Quantised], shapes: Shapes) -> tuple[dict, dict]:
+def _values(shapes: Shapes, slots: Sequence[int], sizes: Mapping[int, int] | None) -> int | list[int]:
+    """The quantised header's ``values``: the plan's D, or (trimmed) each sent slot's wire size in slot order."""
+    return shapes.vector_size if sizes is None else [int(sizes[i]) for i in sorted(slots)]
+
+
+def quantised_message_parts(updates: Mapping[int, Quantised], shapes: Shapes,
+                            sizes: Mapping[int, int] | None = None) -> tuple[dict, dict]:
     """(meta, tensors) of a compressed UPDATE: ``qslot/<i>`` packed values, ``qscale/<i>`` block scales."""
-    meta = {"bits": shapes.bits, "block_size": shapes.block_size, "values": shapes.vector_size}
+    meta = {"bits": shapes.bits, "block_size": shapes.block_size, "values": _values(shapes, list(updates), sizes)}
     tensors: dict[str, np.ndarray] = {}
     for i, q in sorted(updates.items()):
-        if (q.n, q.bits, q.block_size) != (shapes.vector_size, shapes.bits, shapes.block_size):
+        n = shapes.vector_size if sizes is None else sizes[i]
+        if (q.n, q.bits, q.block_size) != (n, shapes.bits, shapes.block_size):
             raise CompressionError(f"slot {i}'s update is {q.n} values at {q.bits} bits in blocks of {q.block_size}; "
-                                   f"the plan says {shapes.vector_size} at {shapes.bits} in blocks of {shapes.block_size}")
+                                   f"the plan says {n} at {shapes.bits} in blocks of {shapes.block_size}")
         tensors[f"qslot/{i}"] = np.ascontiguousarray(q.packed, dtype=np.uint8)
         tensors[f"qscale/{i}"] = np.ascontiguousarray(q.scales, dtype=np.float32)
     return meta, tensors
 
 
-def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[int, Quantised]:
+def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes,
+                    sizes: Mapping[int, int] | None = None) -> dict[int, Quantised]:
     """A compressed UPDATE's quantised update for each slot in ``slots``, checked against the plan's sizes.
 
-    The header must repeat the plan's bits, block size and vector size; every length is computed from the
-    plan, never taken from the peer, and ``from_wire`` refuses NaN/negative scales and values off the grid.
+    The header must repeat the plan's bits, block size and vector size (trimmed: ``sizes``, each slot's wire
+    size); every length is computed from the plan, never taken from the peer, and ``from_wire`` refuses
+    NaN/negative scales and values off the grid.
     """
     if msg.kind != UPDATE:
         raise _refuse(msg, "does not carry quantised updates", "bad_kind")
-    want = {"bits": shapes.bits, "block_size": shapes.block_size, "values": shapes.vector_size}
+    want = {"bits": shapes.bits, "block_size": shapes.block_size, "values": _values(shapes, slots, sizes)}
     got = {k: msg.meta.get(k) for k in want}
     if got != want:
         raise _refuse(msg, f"quantisation header {got} does not match this plan's {want} (compression section)",
@@ -269,7 +320,8 @@ def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes) -> dict[
     out: dict[int, Quantised] = {}
     for i in sorted(values):
         try:
-            out[i] = from_wire(values[i], blocks[i], shapes.vector_size, shapes.bits, shapes.block_size)
+            n = shapes.vector_size if sizes is None else sizes[i]
+            out[i] = from_wire(values[i], blocks[i], n, shapes.bits, shapes.block_size)
         except CompressionError as exc:
             raise _refuse(msg, f"slot {i}: {exc}") from None
     return out

@@ -352,8 +352,9 @@ class Compression(Strict):
         "part and head rows 0..k-1 (weight and bias); rows k and up stay at the initial head, which both ends "
         "regenerate from the plan. Sketches are still taken on the full-length vector (the unused rows at the common "
         "initial values add nothing after centering), so slots of tasks with different label counts stay "
-        "comparable. The wire length tells the aggregator each slot's number of labels. FL-TAC, oracle and the "
-        "simulator only: the FedIT baselines send their shared adapter whole; refused with secure_aggregation.",
+        "comparable. Each site declares its slots' label counts in JOIN, and the wire length tells them too: the "
+        "aggregator learns each slot's number of labels, not its task name. FL-TAC and oracle, simulated and "
+        "networked: the FedIT baselines send their shared adapter whole; refused with secure_aggregation.",
     )
 
     @property

@@ -370,6 +370,26 @@ def test_save_refuses_a_state_that_would_not_load(ws: Path) -> None:
     assert_same(s.store.load(), make_ckpt(1))
 
 
+def test_declared_label_counts_round_trip_under_trim_head_and_are_checked(ws: Path) -> None:
+    """compression.trim_head: each member's label counts are kept (a restarted aggregator needs them), one per
+    slot, each a task's count; without trim_head a checkpoint holding any is refused."""
+    trimmed = PLAN.model_copy(update={"compression": PLAN.compression.model_copy(update={"trim_head": True})})
+    ckpt = make_ckpt(2)
+    ckpt.labels = {"site1": [2, 2], "site2": [2]}
+    s = Store(ws, trimmed)
+    s.store.save(ckpt)
+    assert s.store.load().labels == {"site1": [2, 2], "site2": [2]}
+    for labels, match in (({"site1": [2, 2]}, "site site2 must have 1 label counts"),
+                          ({"site1": [2, 3], "site2": [2]}, r"each one of \[2\]"),
+                          ({"site1": [2, 2], "site2": [2], "site3": [2]}, "site3, which are not members")):
+        ckpt.labels = labels
+        with pytest.raises(StateError, match=match):
+            s.store.save(ckpt)
+    ckpt.labels = {"site1": [2, 2], "site2": [2]}
+    with pytest.raises(StateError, match="compression.trim_head is off"):
+        Store(ws / "plain").store.save(ckpt)
+
+
 # -- stale temp files ----------------------------------------------------------------------------
 
 
