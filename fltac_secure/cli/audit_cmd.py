@@ -122,6 +122,13 @@ def _print_bytes(report: AuditReport) -> None:
         console.print(f"FedIT would have uploaded {fedit['float32_up']:,} bytes in float32"
                       + (f", {fedit['compressed_up']:,} at {bits} bits" if bits < 32 else "")
                       + f"; FL-TAC uploaded {up:,} tensor bytes (updates and sketches)")
+    trim = comp.get("trim_head")
+    if trim:
+        tasks = ", ".join(f"{t} {r['wire']:,} ({100 * r['fraction_saved']:.0f}% fewer)"
+                          for t, r in trim["per_task"].items())
+        console.print(f"Head trimming: a slot sends and receives its LoRA part and its task's head rows only, "
+                      f"numbers per slot and round against {trim['untrimmed_slot']:,} untrimmed: {tasks}; "
+                      "the counts above are of the trimmed vectors")
 
 
 def register(app: typer.Typer) -> None:

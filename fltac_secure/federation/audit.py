@@ -9,7 +9,7 @@ full fine-tuning of the same base model would have moved, up and down.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fltac_secure.federation.ledger import LedgerEntry
@@ -115,10 +115,12 @@ def participations(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> set
 class ModelSizes:
     """Parameters per message for each method (tensor elements)."""
 
-    fltac_adapter: int  # one FL-TAC task adapter (LoRA + masked head)
+    fltac_adapter: int  # one FL-TAC task adapter (LoRA + masked head), untrimmed
     fedit_adapter: int  # one FedIT adapter at the comparison rank (LoRA + head over all labels)
     full_model: int  # full fine-tuning: every base parameter + head over all labels
     fedit_rank: int
+    fltac_slots: Mapping[str, int] = field(default_factory=dict)
+    """compression.trim_head: task -> what one slot of it sends (LoRA + its own head rows); empty: untrimmed."""
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Comparison:
                 "fltac_adapter": self.sizes.fltac_adapter,
                 "fedit_adapter": self.sizes.fedit_adapter,
                 "full_model": self.sizes.full_model,
+                **({"fltac_slot_wire": dict(self.sizes.fltac_slots)} if self.sizes.fltac_slots else {}),
             },
         }
 
@@ -234,6 +237,18 @@ def bytes_per_parameter(entries: Iterable[LedgerEntry], roster: Sequence[str]) -
     return {kind: {"parameters": p, "tensor_bytes": b, "bits_per_parameter": 8 * b / p,
                    "float32_bytes": 4 * p, "bytes_saved": 4 * p - b}
             for kind, (p, b) in sorted(per.items())}
+
+
+def trim_savings(sizes: ModelSizes) -> dict[str, object] | None:
+    """What head trimming saves per slot and round, each way: task -> numbers sent, numbers saved against the
+    untrimmed adapter, and that as a fraction.  None without trimming.  (The ledger's counts are of the wire
+    parts already; this says what they would have been untrimmed.)"""
+    if not sizes.fltac_slots:
+        return None
+    full = sizes.fltac_adapter
+    return {"untrimmed_slot": full,
+            "per_task": {t: {"wire": n, "saved": full - n, "fraction_saved": (full - n) / full if full else 0.0}
+                         for t, n in sorted(sizes.fltac_slots.items())}}
 
 
 def fedit_bytes(cmp: Comparison, upload_bytes: int) -> dict[str, int]:

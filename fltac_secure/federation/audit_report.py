@@ -21,6 +21,7 @@ from fltac_secure.federation.audit import (
     group_totals,
     secure_overhead,
     total,
+    trim_savings,
 )
 from fltac_secure.federation.ledger import LEDGER_NAME, LedgerReadResult, read_ledger
 from fltac_secure.federation.sizes import model_sizes, workspace_model_facts
@@ -72,6 +73,9 @@ def audit_workspace(workspace: Path, by: str, rank: int, plan_path: Path | None 
     cmp = comparison.as_dict()
     cmp["bytes"] = bytes_per_parameter(led.entries, plan.roster)
     cmp["compression"] = _compression(plan, comparison, sizes.fedit_adapter)
+    trimmed = trim_savings(sizes)
+    if trimmed is not None:
+        cmp["compression"]["trim_head"] = trimmed
     secure = secure_overhead(led.entries, plan.roster)
     if secure is not None:
         cmp["secure_aggregation"] = secure

@@ -100,7 +100,8 @@ def workspace_model_facts(workspace: Path, plan: Plan) -> ModelFacts:
 def model_sizes(plan: Plan, fedit_rank: int | None = None, facts: ModelFacts | None = None) -> ModelSizes:
     """FL-TAC adapter size, FedIT adapter size at ``fedit_rank`` and full-model size for ``plan``.
 
-    FL-TAC: LoRA A and B, or B only with A frozen (FFA-LoRA), plus the head.
+    FL-TAC: LoRA A and B, or B only with A frozen (FFA-LoRA), plus the head; with ``compression.trim_head``
+    also what one slot of each task sends (``slot_wire_sizes``).
     FedIT: one LoRA adapter (A and B, as the paper trains it) at ``fedit_rank`` (default: the plan's rank) and one
     head over the union of all tasks' labels. Full fine-tuning: every base
     parameter plus that same head.  ``facts`` defaults to working them out.
@@ -115,6 +116,7 @@ def model_sizes(plan: Plan, fedit_rank: int | None = None, facts: ModelFacts | N
         fedit_adapter=rank * facts.lora_per_rank + head,
         full_model=facts.base_parameters + head,
         fedit_rank=rank,
+        fltac_slots=slot_wire_sizes(plan, facts) if plan.compression.trim_head else {},
     )
 
 

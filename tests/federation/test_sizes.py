@@ -52,3 +52,7 @@ def test_slot_wire_sizes_equal_the_trimmed_parts() -> None:
         sizes = slot_wire_sizes(trimmed, model_facts(trimmed))
         assert sizes == {task.name: t.size(task.num_labels) for task in trimmed.tasks}
         assert len(set(sizes.values())) > 1 and max(sizes.values()) == adapter_layout(plan).size
+        facts = model_facts(trimmed)  # the audit's FL-TAC size: the untrimmed adapter and each task's wire part
+        assert model_sizes(trimmed, None, facts).fltac_slots == sizes
+        assert model_sizes(trimmed, None, facts).fltac_adapter == adapter_layout(plan).size
+        assert model_sizes(plan, None, model_facts(plan)).fltac_slots == {}

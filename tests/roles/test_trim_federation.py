@@ -233,3 +233,36 @@ def test_update_one_entry_too_long_is_refused(tmp_path: Path, bits: int) -> None
     assert sorted(phase.answers["site1"]) == [0, 1]
     if bits == 32:  # rebuilt into full canonical vectors
         assert all(v.shape == (agg.shapes.vector_size,) for v in phase.answers["site1"].values())
+
+
+def test_audit_counts_the_trimmed_slots(trimmed_run: tuple[Fed, dict[str, Any]],
+                                        quantised_run: tuple[Fed, dict[str, Any]]) -> None:
+    """`fltac audit`: parameters and tensor bytes of the wire parts (float32 and 8 bits), the FL-TAC slot size
+    per task, and what trimming saved against the untrimmed adapter."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fltac_secure.cli import app
+
+    for fed, bits in ((trimmed_run[0], 32), (quantised_run[0], BITS)):
+        plan, d, dim = fed.plan, adapter_layout(fed.plan).size, fed.plan.clustering.sketch_dim
+        sizes = wire_sizes(fed)
+        flat = [n for v in sizes.values() for n in v]
+        res = CliRunner().invoke(app, ["audit", "--workspace", str(fed.layout.aggregator), "--json"])
+        assert res.exit_code == 0, res.output
+        cmp = json.loads(res.output)["comparison"]
+        assert cmp["fltac"]["up"] == plan.rounds * (sum(flat) + dim * len(flat))
+        assert cmp["fltac"]["down"] == plan.rounds * sum(flat) + sum(flat)  # ROUND_START each round, FINAL once
+        row = cmp["bytes"]["UPDATE"]
+        nbytes = 4 * sum(flat) if bits == 32 else sum(wire_nbytes(n, bits, BLOCK) for n in flat)
+        assert (row["parameters"], row["tensor_bytes"]) == (plan.rounds * sum(flat), plan.rounds * nbytes)
+        layout = adapter_layout(plan)
+        want = {t.name: wire_size(layout, t.num_labels) for t in plan.tasks}
+        assert cmp["sizes"]["fltac_adapter"] == d and cmp["sizes"]["fltac_slot_wire"] == want
+        trim = cmp["compression"]["trim_head"]
+        assert trim["untrimmed_slot"] == d
+        assert {t: r["saved"] for t, r in trim["per_task"].items()} == {t: d - n for t, n in want.items()}
+        assert trim["per_task"]["alpha"]["saved"] == 0 and trim["per_task"]["beta"]["saved"] > 0
+    res = CliRunner().invoke(app, ["audit", "--workspace", str(trimmed_run[0].layout.aggregator), "--by", "kind"])
+    assert res.exit_code == 0 and "Head trimming" in res.output and "untrimmed" in res.output
