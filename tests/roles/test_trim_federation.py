@@ -266,3 +266,50 @@ def test_audit_counts_the_trimmed_slots(trimmed_run: tuple[Fed, dict[str, Any]],
         assert trim["per_task"]["alpha"]["saved"] == 0 and trim["per_task"]["beta"]["saved"] > 0
     res = CliRunner().invoke(app, ["audit", "--workspace", str(trimmed_run[0].layout.aggregator), "--by", "kind"])
     assert res.exit_code == 0 and "Head trimming" in res.output and "untrimmed" in res.output
+
+
+def test_aggregator_restart_keeps_trimming(tmp_path: Path) -> None:
+    """Killed after round 0's checkpoint, a new aggregator knows the sites' label counts from it and the run
+    still ends in the simulator's state, bit for bit."""
+    from aggregator.service import Faults, SimulatedCrash
+
+    fed = make_fed(tmp_path / "fed", tiny_plan(rounds=2, compression={"trim_head": True}))
+    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
+    first = start(fed.aggregator(faults=Faults(crash_after_round=0)))
+    first.join(120)
+    assert first.error and isinstance(first.error[0], SimulatedCrash)
+    second_obj = fed.aggregator()
+    second = start(second_obj)
+    state = second.join(180)
+    assert not second.error, second.error
+    assert [row["round"] for row in second_obj.history] == [0, 1]
+    for r in cols.values():
+        r.join(60)
+        assert not r.error, r.error
+    method, labels = simulate(fed)
+    assert [row["clusters"] for row in second_obj.history] == labels
+    for key, vec in method.state.vectors.items():
+        np.testing.assert_array_equal(state.vectors[key], vec, err_msg=key)
+
+
+def test_site_refuses_a_round_start_of_the_wrong_width(tmp_path: Path) -> None:
+    """A (forged) aggregator's ROUND_START must carry each slot's wire part: a whole vector for a trimmed slot,
+    or a part one entry short, is refused; the right parts come back as full canonical vectors."""
+    from fltac_secure.errors import ProtocolError
+
+    fed = make_fed(tmp_path, tiny_plan(compression={"trim_head": True}))
+    name = next(s for s in fed.layout.sites if len(fed.site(s).data) == 2)
+    col = fed.collaborator(name)
+    wire, d = col.ws.wire, adapter_layout(fed.plan).size
+    sizes = [wire.size(i) for i in range(2)]
+
+    def start_msg(lengths: list[int]) -> Message:
+        vecs = {i: np.zeros(n, np.float32) for i, n in enumerate(lengths)}
+        return Message(fm.ROUND_START, "rolestest", "h" * 64, "aggregator", 0, "s", {}, fm.vector_tensors(vecs))
+
+    for lengths in ([d, d], [sizes[0], sizes[1] - 1]):
+        with pytest.raises(ProtocolError, match="expected"):
+            col._vectors(start_msg(lengths))
+    got = col._vectors(start_msg(sizes))
+    assert all(v.shape == (d,) for v in got.values())
+    np.testing.assert_array_equal(got[1], wire.trimmer.full(np.zeros(sizes[1], np.float32), wire.labels[1]))
