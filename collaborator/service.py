@@ -331,8 +331,8 @@ class Collaborator:
         from fltac_secure.federation.compressed import compress_results
 
         wire, idx = self.ws.wire, [_index(x.key) for x in cache.results]  # trim_head: updates of the wire parts
-        residuals = {_key(self.site.name, i): v for i, v in self.ws.read_residuals(wire.sizes(idx) or
-                                                                                   self.shapes.vector_size).items()}
+        every = wire.sizes(range(len(self.ws.slots))) or self.shapes.vector_size  # the file holds any slot's
+        residuals = {_key(self.site.name, i): v for i, v in self.ws.read_residuals(every).items()}
         parts = wire.out({_index(x.key): x.vector for x in cache.results})
         origins = wire.out({_index(k): v for k, v in starts.items()})
         sent = compress_results(self.plan, {_key(self.site.name, i): parts[i] for i in idx},
