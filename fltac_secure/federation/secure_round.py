@@ -10,6 +10,16 @@ slots of a cluster that was not summed (too small, or fewer than t
 survivors) start the next round from their own trained vector, which only
 their site holds (``ServerState.own``); slots of members that dropped out of
 a summed cluster keep their previous vector, as in the plain round.
+
+With ``compression.trim_head`` (``head_rows``: slot -> label count) every
+member of a cluster must submit the same length, so a cluster's masked vector
+is the wire part at ``K_c``, the largest label count among its member slots.
+A slot's rows ``k_i <= j < K_c`` are submitted as zero, and each entry of the
+decoded sum is divided by the total weight of the survivors whose slots hold
+it (per-entry weights, as the plain trimmed mean); an entry no survivor holds
+stays at the initial head, and each slot receives the mean in its canonical
+form.  Only the simulator calls this so far: the plan still refuses
+trim_head with secure aggregation until the roles carry ``K_c``.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fltac_secure.federation.rounds import Assignment, ServerState
+from fltac_secure.federation.trimmed import Trimmer
+from fltac_secure.learning.trim import wire_mask
 from fltac_secure.learning.aggregate import redistribute, slot_weights
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.plan import Plan
@@ -41,6 +53,15 @@ class SecureRound:
     skipped: dict[int, str]
     slots: dict[int, dict[str, list[int]]]  # cluster -> site -> slot indices
     weights: dict[str, float] = field(default_factory=dict)  # slot key -> weight
+    rows: dict[str, int] = field(default_factory=dict)  # trim_head: slot key -> its label count
+    widths: dict[int, int] = field(default_factory=dict)  # trim_head: cluster -> K_c, its largest label count
+    trimmer: Trimmer | None = None
+
+    def held(self, cid: int, key: str) -> np.ndarray:
+        """trim_head: which entries of cluster ``cid``'s masked vector slot ``key`` holds (bool, K_c wide)."""
+        assert self.trimmer is not None
+        layout = self.trimmer.layout
+        return wire_mask(layout, self.rows[key])[wire_mask(layout, self.widths[cid])]
 
     def clusters_of(self, site: str) -> list[int]:
         """Clusters ``site`` takes part in (summed ones only), ascending."""
@@ -49,10 +70,14 @@ class SecureRound:
 
 def plan_secure_round(
     plan: Plan, plan_hash: str, round_index: int, attempt: int, labels: Mapping[str, int],
-    counts: Mapping[str, int], length: int,
+    counts: Mapping[str, int], length: int, head_rows: Mapping[str, int] | None = None,
 ) -> SecureRound:  # fmt: skip
-    """The setups for every cluster of ``labels`` (slot key -> cluster) with the plan's rules."""
+    """The setups for every cluster of ``labels`` (slot key -> cluster) with the plan's rules; with ``head_rows``
+    (trim_head) each cluster's ``length`` is its wire size at ``K_c`` instead of ``length``."""
     weights = slot_weights({k: counts[k] for k in labels}, plan.aggregation.weighting)
+    trimmer = Trimmer.of(plan) if head_rows is not None else None
+    rows = {k: int(head_rows[k]) for k in labels} if head_rows is not None else {}
+    widths = {int(c): max(rows[k] for k, c2 in labels.items() if c2 == c) for c in set(labels.values())} if rows else {}
     slots: dict[int, dict[str, list[int]]] = {}
     for key, cid in labels.items():
         site, index = _site_of(key)
@@ -63,19 +88,27 @@ def plan_secure_round(
     for cid, by_site in sorted(slots.items()):
         member_w = {s: sum(weights[f"{s}/{i}"] for i in idx) for s, idx in by_site.items()}
         ctx = Context(plan_hash, round_index, attempt, cid)
-        setup = cluster_setup(plan.secure_aggregation, ctx, member_w, length, ring)
+        width = length if trimmer is None else trimmer.size(widths[cid])
+        setup = cluster_setup(plan.secure_aggregation, ctx, member_w, width, ring)
         if isinstance(setup, str):
             skipped[cid] = setup
         else:
             setups[cid] = setup
-    return SecureRound(round_index, setups, skipped, slots, weights)
+    return SecureRound(round_index, setups, skipped, slots, weights, rows, widths, trimmer)
 
 
 def member_input(sr: SecureRound, cid: int, site: str,
                  vectors: Mapping[int, np.ndarray]) -> tuple[list[np.ndarray], list[float]]:  # fmt: skip
-    """The vectors of ``site``'s slots in cluster ``cid`` and their weights, for its client session."""
+    """The vectors of ``site``'s slots in cluster ``cid`` and their weights, for its client session (trim_head:
+    each full vector's part at the cluster's width, the rows its task does not use set to zero)."""
     idx = sorted(sr.slots[cid][site])
-    return [vectors[i] for i in idx], [sr.weights[f"{site}/{i}"] for i in idx]
+    weights = [sr.weights[f"{site}/{i}"] for i in idx]
+    if sr.trimmer is None:
+        return [vectors[i] for i in idx], weights
+    layout, k_c = sr.trimmer.layout, sr.widths[cid]
+    parts = [np.where(sr.held(cid, f"{site}/{i}"), np.asarray(vectors[i])[wire_mask(layout, k_c)], 0.0)
+             .astype(np.float32) for i in idx]
+    return parts, weights
 
 
 def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, results: Mapping[int, SumResult],
@@ -92,7 +125,11 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, 
     for cid, by_site in sorted(sr.slots.items()):
         res = results.get(cid)
         keys = {s: [f"{s}/{i}" for i in idx] for s, idx in by_site.items()}
-        if res is not None and not res.skipped:
+        if res is not None and not res.skipped and sr.trimmer is not None:
+            means[cid] = _trimmed_mean(state, sr, cid, res, keys, updates)
+            mean_labels.update({k: cid for s in res.survivors for k in keys[s]})
+            report[cid] = {"status": "summed", "survivors": list(res.survivors), "dropped": list(res.dropped)}
+        elif res is not None and not res.skipped:
             means[cid] = np.asarray(_with_starts(state, sr, cid, res, keys) if updates else res.mean, dtype=np.float32)
             mean_labels.update({k: cid for s in res.survivors for k in keys[s]})
             report[cid] = {"status": "summed", "survivors": list(res.survivors), "dropped": list(res.dropped)}
@@ -102,7 +139,10 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, 
             report[cid] = {"status": "skipped", "reason": reason, "members": sorted(by_site),
                            "attempted": cid in sr.setups}
     vectors = dict(state.vectors)
-    vectors.update(redistribute(means, mean_labels))
+    given = redistribute(means, mean_labels)
+    if sr.trimmer is not None:  # each slot holds its cluster's mean in canonical form
+        given = {k: sr.trimmer.canonical(v, sr.rows[k]) for k, v in given.items()}
+    vectors.update(given)
     used = {**mean_labels, **{k: assignment.labels[k] for k in own}}
     carried = {k: r for k, r in state.own.items() if k not in used}
     new = ServerState(
@@ -123,6 +163,24 @@ def _with_starts(state: ServerState, sr: SecureRound, cid: int, res: SumResult,
             base += (sr.weights[k] / total_w) * np.asarray(state.vectors[k], dtype=np.float64)
     assert res.total is not None
     return (base + res.total) / res.weight
+
+
+def _trimmed_mean(state: ServerState, sr: SecureRound, cid: int, res: SumResult,
+                  keys: Mapping[str, list[str]], updates: bool) -> np.ndarray:  # fmt: skip
+    """trim_head: a cluster's full mean from its K_c-wide sum, each entry over the survivors' slots holding it."""
+    assert sr.trimmer is not None and res.total is not None
+    layout, k_c, total_w = sr.trimmer.layout, sr.widths[cid], sr.setups[cid].total_weight
+    weight = np.zeros(res.total.shape, np.float64)
+    base = np.zeros(res.total.shape, np.float64)
+    for s in res.survivors:
+        for k in keys[s]:
+            held, w = sr.held(cid, k), sr.weights[k] / total_w
+            weight += w * held
+            if updates:  # the members summed updates: add back their starts on the entries they hold
+                base += w * np.where(held, np.asarray(state.vectors[k], np.float64)[wire_mask(layout, k_c)], 0.0)
+    init = sr.trimmer.init[wire_mask(layout, k_c)].astype(np.float64)
+    part = np.where(weight > 0, (base + np.asarray(res.total, np.float64)) / np.where(weight > 0, weight, 1.0), init)
+    return sr.trimmer.full(part.astype(np.float32), k_c)
 
 
 def updated_sites(report: Mapping[int, dict], sr: SecureRound) -> list[str]:

@@ -174,7 +174,7 @@ class FLTAC(Method):
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
             self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts,
-                                                                      self.compression_rngs)
+                                                                      self.compression_rngs, self.head_rows)
         else:
             self.state = server_aggregate(self.state, assignment, vectors, counts, plan, head_rows=self.head_rows)
         sizes = [self.wire_size(key) for key in vectors]

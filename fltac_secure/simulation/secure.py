@@ -39,6 +39,7 @@ class LocalSecureAggregation:
 
     def aggregate(self, state: ServerState, assignment: Assignment, vectors: Mapping[str, np.ndarray],
                   counts: Mapping[str, int], rngs: Mapping[str, np.random.Generator] | None = None,
+                  head_rows: Mapping[str, int] | None = None,
                   ) -> tuple[ServerState, dict[int, dict[str, Any]]]:  # fmt: skip
         """The next state after a secure UPDATE of every cluster (own vectors resolved at once).
 
@@ -48,7 +49,7 @@ class LocalSecureAggregation:
         updates = self.plan.compression.enabled
         inputs = {k: v - state.vectors[k] for k, v in vectors.items()} if updates else vectors
         length = len(next(iter(vectors.values())))
-        sr = plan_secure_round(self.plan, self.hash, state.round, 0, assignment.labels, counts, length)
+        sr = plan_secure_round(self.plan, self.hash, state.round, 0, assignment.labels, counts, length, head_rows)
         results = {}
         for cid, setup in sr.setups.items():
             clients = {}

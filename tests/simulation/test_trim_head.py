@@ -140,3 +140,43 @@ def test_simulate_end_to_end_and_fedit_ignores_trim_head(plan, data, tmp_path):
                      tmp_path / "fedit-plain", progress=False)
     assert fedit.final["up_bytes"] == plain.final["up_bytes"]
     assert fedit.final["mean_accuracy"] == plain.final["mean_accuracy"]
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_secure_trimmed_means_equal_the_plain_ones(plan, bits):
+    """trim_head under secure aggregation (pure round functions, simulator's protocol run): each cluster is summed
+    at its widest member's width with unused rows as zero, and per-row weights give the plain trimmed means,
+    within the ring's encoding bound; a mixed-width cluster included.  (Plan validation still refuses the pair
+    until the roles carry it, so the plan is built past validation here.)"""
+    from fltac_secure.plan.schema import Compression
+    from fltac_secure.simulation.secure import LocalSecureAggregation
+
+    c = Compression(trim_head=True, bits=bits, secure_clip=0.5) if bits < 32 else Compression(trim_head=True)
+    p = plan.model_copy(update={"compression": c, "secure_aggregation": plan.secure_aggregation.model_copy(
+        update={"enabled": True, "min_cluster_size": 2})})
+    t, layout = Trimmer.of(p), adapter_layout(p)
+    widths = sorted({task.num_labels for task in p.tasks})
+    rng = np.random.default_rng(0)
+    sites = p.roster[:4]
+    keys = [f"{s}/0" for s in sites]
+    rows = {k: widths[i % len(widths)] for i, k in enumerate(keys)}  # mixed label counts
+    labels = {keys[0]: 0, keys[1]: 0, keys[2]: 1, keys[3]: 1}
+    assert rows[keys[0]] != rows[keys[1]]  # cluster 0 mixes widths
+    state = ServerState(round=0, k=2, vectors={k: t.canonical(t.init + 0.01 * rng.standard_normal(layout.size)
+                                                             .astype(np.float32), rows[k]) for k in keys})
+    trained = {k: t.canonical(v + 0.05 * rng.standard_normal(layout.size).astype(np.float32), rows[k])
+               for k, v in state.vectors.items()}
+    counts = {k: 10 + 5 * i for i, k in enumerate(keys)}
+    assignment = Assignment(0, ClusterResult(k=2, labels=labels))
+    plain = server_aggregate(state, assignment, trained, counts, p, head_rows=rows)
+    secure, report = LocalSecureAggregation(p, sites).aggregate(state, assignment, trained, counts, head_rows=rows)
+    assert all(r["status"] == "summed" for r in report.values())
+    # float32: the ring's fixed point.  8 bits: each holder's weighted update is rounded once on the common grid
+    # (step secure_clip / 127), and the row's sum is divided by the holders' weight share (>= 10 / 25 here)
+    tol = 1e-4 if bits == 32 else 2 * (0.5 / 127) * 25 / 10 + 1e-5
+    for cid in (0, 1):
+        np.testing.assert_allclose(secure.cluster_vectors[cid], plain.cluster_vectors[cid], atol=tol)
+    for k in keys:
+        unused = ~wire_mask(layout, rows[k])
+        np.testing.assert_array_equal(secure.vectors[k][unused], t.init[unused])  # canonical, bit for bit
+        np.testing.assert_allclose(secure.vectors[k], plain.vectors[k], atol=tol)
