@@ -88,12 +88,12 @@ def make_plan(base: Path, size: dict[str, Any], epsilon: float, seed: int = 0,
     return Plan.model_validate(raw)
 
 
-def run_epsilon(epsilon: float, plan: Any, data: Any, work: Path) -> dict[str, Any]:
+def run_epsilon(epsilon: float, plan: Any, data: Any, work: Path, method: str = "fltac") -> dict[str, Any]:
     from fltac_secure.simulation import SimContext, simulate
 
     ctx = SimContext(plan, data)
     t0 = time.perf_counter()
-    res = simulate(plan, data, "fltac", work, progress=False, site_eval=False, export=False, plots=False,
+    res = simulate(plan, data, method, work, progress=False, site_eval=False, export=False, plots=False,
                    context=ctx)
     final = res.final
     eps = res.epsilons  # this run's accounting only (empty without DP)
@@ -266,6 +266,8 @@ def parse() -> argparse.Namespace:
                     help=f"override a DP setting (repeatable), keys: {', '.join(RECIPE_KEYS)}")
     ap.add_argument("--cluster", action="append", default=[], metavar="KEY=VALUE",
                     help="override a clustering setting (repeatable), e.g. --cluster features=delta")
+    ap.add_argument("--method", choices=("fltac", "oracle"), default="fltac",
+                    help="oracle: the true tasks as clusters, to separate the clustering's cost from the noise's")
     ap.add_argument("--name", default=None, help="results file stem (default dp; dp_quick with --quick)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-dp")
     ap.add_argument("--results", type=Path, default=None, help="where to write (default benchmarks/results)")
@@ -317,7 +319,7 @@ def main() -> None:
     meta = {
         "setup": f"{'bench-4task' if args.full else 'reduced bench-4task'}: {size}; FL-TAC rank 1; delta 1e-5, RDP, "
                  "noise from the target over all planned rounds per slot; accuracy = global test sets (capped) after "
-                 "the last round",
+                 "the last round" + ("" if args.method == "fltac" else f"; method {args.method} (true tasks as clusters)"),
         "recipe": f"{p.optimizer} lr {probe.dp_learning_rate:g}, Poisson rate min({p.sample_rate:g}, "
                   f"{p.max_batch_size} / n), {p.local_steps} steps per round, clip {p.max_grad_norm:g}, LoRA A "
                   f"{'trained' if probe.trains_lora_a else 'frozen (FFA-LoRA)'}, unused head rows without noise; "
@@ -329,6 +331,7 @@ def main() -> None:
                    + (" --no-old" if args.no_old else "") + f" --seeds {args.seeds}"
                    + "".join(f" --set {x}" for x in args.set) + "".join(f" --recipe {x}" for x in args.recipe)
                    + "".join(f" --cluster {x}" for x in args.cluster)
+                   + (f" --method {args.method}" if args.method != "fltac" else "")
                    + (f" --name {args.name}" if args.name not in ("dp", "dp_quick") else ""),
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, shared with other jobs"}
     saved = args.results / f"{args.name}.json"
@@ -359,7 +362,7 @@ def main() -> None:
                     data = build_federated_data(make_plan(bench, size, math.inf, seed))
                     data.test = {t: stratified_sample(ds, size["test_cap"], seed) for t, ds in data.test.items()}
                 plan = make_plan(bench, size, eps, seed, args.recipe_over, old=old, clustering=args.cluster_over)
-                rec = run_epsilon(eps, plan, data, args.work / f"seed{seed}" / name.replace(" ", "-"))
+                rec = run_epsilon(eps, plan, data, args.work / f"seed{seed}" / name.replace(" ", "-"), args.method)
                 row["per_seed"][str(seed)] = rec
                 row["summary"] = summarise(row["per_seed"])
                 print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: mean acc {rec['mean_accuracy']:.3f} ARI "
