@@ -6,6 +6,11 @@ part for every cluster it is in (``federation.secure_messages``)::
     ASSIGNMENT (setups) -> SA_KEYS -> SA_KEYBOOK -> SA_SHARES -> SA_DELIVERY -> SA_MASKED
       -> SA_SURVIVORS -> SA_CONSISTENCY -> SA_UNMASK -> SA_REVEAL
 
+With ``compression.trim_head`` each cluster's setup announces its length:
+the wire size at ``K_c``, the largest label count its member slots declared
+in JOIN (``secure_round.plan_secure_round``); every SA_MASKED of that
+cluster is parsed at that length.
+
 Each exchange waits at most ``timeouts.round_s`` and goes on with whoever
 answered; the protocol's own recovery handles a member that drops (its
 pairwise masks are rebuilt from the others' shares), never a request for its
@@ -67,10 +72,10 @@ class SecureUpdate:
         if msg.kind == sm.SA_SHARES:
             return sm.parse_shares(msg, want)
         if msg.kind == sm.SA_MASKED:
-            setup = self.sr.setups[next(iter(want))] if want else None
-            if setup is None:
+            if not want:
                 raise ProtocolError(f"no masked input expected from {peer}", "unexpected")
-            return sm.parse_masked(msg, want, setup.length, setup.ring)
+            ring = self.sr.setups[next(iter(want))].ring
+            return sm.parse_masked(msg, want, {c: self.sr.setups[c].length for c in want}, ring)
         if msg.kind == sm.SA_CONSISTENCY:
             return sm.parse_consistency(msg, want)
         return sm.parse_reveal(msg, want)
@@ -137,7 +142,8 @@ def secure_round(
     verifier = PeerVerifier.from_files(certs.ca, plan.roster, certs.crl)  # re-read each round: revocations count
     attempt = secrets.randbelow(2**31)
     labels = assignment.labels  # the sketched slots, i.e. those of ``sites``
-    sr = plan_secure_round(plan, agg.hash, r, attempt, labels, counts, agg.shapes.vector_size)
+    rows = agg.wires.head_rows(agg.members, labels)  # trim_head: each cluster's length at K_c, from the JOINs
+    sr = plan_secure_round(plan, agg.hash, r, attempt, labels, counts, agg.shapes.vector_size, rows)
     for c, why in sr.skipped.items():
         agg.log.info(f"round {r}: cluster {c} is not securely summed ({why})")
     run = SecureUpdate(agg, r, sr, attempt, {c: ServerSession(s, verifier) for c, s in sr.setups.items()})

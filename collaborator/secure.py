@@ -7,7 +7,11 @@ it carries. Every check of the protocol (signatures against this site's CA
 copy, roster and CRL; its own keys unchanged; shares that decrypt; the
 survivor set; the one-share rule) runs in ``fltac_secure.secagg.client``;
 a failed check stops the site with an error that names it, because it means
-the aggregator (or a member) is not following the protocol. Secrets never
+the aggregator (or a member) is not following the protocol. So does a setup
+whose vector length is not the one the plan and this site's own slots imply
+(``bad_length``; with compression.trim_head: the wire size at a ``K_c`` of
+the plan's label counts, at least this site's own count; its inputs are its
+slots' wire parts widened to ``K_c`` with zeros). Secrets never
 touch the disk: a restarted site has none and simply drops out of that run.
 """
 
@@ -15,8 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fltac_secure.errors import SecAggError, StateError
 from fltac_secure.federation import secure_messages as sm
+from fltac_secure.federation.secure_round import widen
 from fltac_secure.learning.aggregate import slot_weights
 from fltac_secure.secagg import ClientSession, Context, PeerVerifier, Setup, Signer, ring_for, threshold_for
 from fltac_secure.transport.envelope import Message
@@ -81,14 +88,15 @@ class SecureSide:
         verifier = self._verifier()
         sa, ring = plan.secure_aggregation, ring_for(plan)
         try:
-            for c, (members, member_weights) in setups.items():
+            for c, (members, member_weights, length) in setups.items():
                 if len(members) < sa.min_cluster_size:
                     raise SecAggError(f"cluster {c} has {len(members)} member(s), fewer than the plan's "
                                       f"min_cluster_size {sa.min_cluster_size}", "bad_setup")  # fmt: skip
-                setup = Setup(Context(self.c.hash, r, attempt, c), members, member_weights,
-                              threshold_for(len(members), sa.threshold), ring, self.c.shapes.vector_size)  # fmt: skip
                 idx = [i for i, cl in enumerate(clusters) if cl == c and i in vectors]
-                self.sessions[c] = ClientSession(setup, self.signer, verifier, [vectors[i] for i in idx],
+                inputs = self._inputs(c, length, idx, vectors)
+                setup = Setup(Context(self.c.hash, r, attempt, c), members, member_weights,
+                              threshold_for(len(members), sa.threshold), ring, length)  # fmt: skip
+                self.sessions[c] = ClientSession(setup, self.signer, verifier, inputs,
                                                  [weights[str(i)] for i in idx], rng=self.c.faults.quantise_rng)  # fmt: skip
             adverts = {c: s.advertise() for c, s in self.sessions.items()}
         except SecAggError as exc:
@@ -100,6 +108,29 @@ class SecureSide:
             self.c.log.warn(f"round {r}: {clipped} {what} were clipped for the secure sum")
         self.c._send(sm.SA_KEYS, r, **sm.keys_parts(attempt, adverts))
         self.c.log.info(f"round {r}: secure aggregation in cluster(s) {sorted(self.sessions)}; keys sent")
+
+    def _inputs(self, c: int, length: int, idx: list[int], vectors: dict[int, Any]) -> list[np.ndarray]:
+        """This site's inputs to cluster ``c`` at the announced ``length``, after checking it (SecAggError
+        ``bad_length``): the plan's vector size, or with trim_head the wire size at some ``K_c`` of the plan's
+        label counts that is at least every one of this site's slots' counts in ``c``.  A wrong length would
+        cut this site's head rows or misalign its entries against the other members'."""
+        wire, plan = self.c.ws.wire, self.c.plan
+        if wire.trimmer is None:
+            if length != self.c.shapes.vector_size:
+                raise SecAggError(f"cluster {c}: the setup announces vectors of {length} numbers, the plan's adapter "
+                                  f"has {self.c.shapes.vector_size}", "bad_length")  # fmt: skip
+            return [vectors[i] for i in idx]
+        widths = {wire.trimmer.size(k): k for k in sorted({t.num_labels for t in plan.tasks})}
+        k_c = widths.get(length)
+        if k_c is None:
+            raise SecAggError(f"cluster {c}: the setup announces vectors of {length} numbers, the wire size of no "
+                              f"label count in the plan ({', '.join(f'{n} for {k}' for n, k in widths.items())})",
+                              "bad_length")  # fmt: skip
+        mine = max((wire.labels[i] for i in idx), default=0)
+        if mine > k_c:
+            raise SecAggError(f"cluster {c}: the setup is {k_c} head rows wide ({length} numbers), but this site's "
+                              f"slot there uses {mine}; its rows would be cut", "bad_length")  # fmt: skip
+        return [widen(wire.trimmer, vectors[i], wire.labels[i], k_c) for i in idx]
 
     def on_stage(self, msg: Message) -> None:
         """Answer one stage message of the current run for every cluster it carries."""

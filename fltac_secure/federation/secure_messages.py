@@ -3,14 +3,15 @@
 Kinds (``->`` shows the direction); every one carries ``meta.attempt``, the
 number of the protocol run it belongs to, and its round in the envelope::
 
-    ASSIGNMENT    agg -> collab  (extended) meta members/<c>, weights/<c> per summed cluster, skipped [c...]
+    ASSIGNMENT    agg -> collab  (extended) meta members/<c>, weights/<c>, length/<c> per summed cluster,
+                                 skipped [c...]
     SA_KEYS       collab -> agg  cert; <c>/c_pk, <c>/s_pk (32 B), <c>/sig           stage 0: signed keys
     SA_KEYBOOK    agg -> collab  cert/<site>; <c>/c_pk/<site>, <c>/s_pk/<site>, <c>/sig/<site>
     SA_SHARES     collab -> agg  <c>/sealed/<recipient> (60 B)                     stage 1: sealed shares
     SA_DELIVERY   agg -> collab  <c>/sealed/<sender>
     SA_MASKED     collab -> agg  <c>/masked (D,) uint32 (uint64 in a 64-bit ring)  stage 2: masked input
                                  (compression: uint8, D ring elements of the QuantRing's width packed;
-                                 meta values = D)
+                                 meta values = D, values/<c> per cluster)
     SA_SURVIVORS  agg -> collab  meta survivors/<c>                                stage 3: consistency
     SA_CONSISTENCY collab -> agg <c>/sig
     SA_UNMASK     agg -> collab  meta survivors/<c>, dropped/<c>; <c>/sig/<site>   stage 4: unmask
@@ -81,9 +82,9 @@ def register_secure_kinds() -> None:
 def masked_parameters(msg: Message) -> int:
     """The numbers an SA_MASKED stands for (for the ledger; never raises): packed vectors count ``values``
     each (at most 4 per byte, as quantised values are at least 2 bits), plain ones their elements."""
-    values = msg.meta.get("values")
     out = 0
-    for arr in msg.tensors.values():
+    for name, arr in msg.tensors.items():
+        values = msg.meta.get(f"values/{name.split('/', 1)[0]}", msg.meta.get("values"))
         packed = arr.dtype == np.uint8 and isinstance(values, int) and not isinstance(values, bool) and values >= 0
         out += min(values, 4 * int(arr.size)) if packed else int(arr.size)  # type: ignore[type-var]
     return out
@@ -214,25 +215,31 @@ def parse_delivery(msg: Message, me: str) -> dict[int, ShareDelivery]:
 
 
 def masked_parts(attempt: int, inputs: Mapping[int, MaskedInput], ring: Ring | QuantRing | None = None) -> dict[str, Any]:
-    """SA_MASKED; with a ``QuantRing`` each vector is packed to the ring's width (meta ``values``: its length)."""
+    """SA_MASKED; with a ``QuantRing`` each vector is packed to the ring's width (meta ``values``: its length,
+    and ``values/<c>`` per cluster, as clusters differ in length with compression.trim_head)."""
     if isinstance(ring, QuantRing):
         lengths = {int(m.vector.size) for m in inputs.values()}
-        return _message_parts(attempt, {f"{c}/masked": ring.pack(m.vector) for c, m in inputs.items()},
-                              {"values": lengths.pop()} if len(lengths) == 1 else None)
+        meta: dict[str, Any] = {f"values/{c}": int(m.vector.size) for c, m in inputs.items()}
+        if len(lengths) == 1:
+            meta["values"] = lengths.pop()
+        return _message_parts(attempt, {f"{c}/masked": ring.pack(m.vector) for c, m in inputs.items()}, meta)
     return _message_parts(attempt, {f"{c}/masked": np.ascontiguousarray(m.vector) for c, m in inputs.items()})
 
 
-def parse_masked(msg: Message, expected: Iterable[int], length: int, ring: Ring | QuantRing) -> dict[int, MaskedInput]:
-    """Masked vectors of ``length`` ring elements (unpacked from the QuantRing's width, lengths from the plan)."""
+def parse_masked(msg: Message, expected: Iterable[int], length: int | Mapping[int, int],
+                 ring: Ring | QuantRing) -> dict[int, MaskedInput]:  # fmt: skip
+    """Masked vectors of ``length`` ring elements (per cluster with compression.trim_head; unpacked from the
+    QuantRing's width; lengths from the aggregator's setups, never from the message)."""
     dtype = ring.dtype
 
     def build(c: int, f: dict) -> MaskedInput:
+        n = length if isinstance(length, int) else length[c]
         arr = f["masked"][None]
         if isinstance(ring, QuantRing):
-            return MaskedInput(msg.sender, ring.unpack(arr, length))
-        if arr.dtype != np.dtype(dtype) or arr.shape != (length,):
+            return MaskedInput(msg.sender, ring.unpack(arr, n))
+        if arr.dtype != np.dtype(dtype) or arr.shape != (n,):
             raise TypeError(f"cluster {c}: masked vector is {arr.dtype}[{arr.size}], the plan needs "
-                            f"{np.dtype(dtype)}[{length}]")  # fmt: skip
+                            f"{np.dtype(dtype)}[{n}]")  # fmt: skip
         return MaskedInput(msg.sender, np.asarray(arr))
 
     return _records(msg, build, expected)
@@ -318,15 +325,24 @@ def parse_reveal(msg: Message, expected: Iterable[int]) -> dict[int, UnmaskShare
 
 
 def assignment_meta(attempt: int, setups: Mapping[int, Any], skipped: Iterable[int]) -> dict[str, Any]:
-    """ASSIGNMENT's secure part for one site: members and weights of its summed clusters, its skipped ones."""
+    """ASSIGNMENT's secure part for one site: members, weights and vector length of its summed clusters, its
+    skipped ones."""
     meta: dict[str, Any] = {"attempt": attempt, "skipped": sorted(skipped)}
     for c, setup in setups.items():
         meta[f"members/{c}"], meta[f"weights/{c}"] = list(setup.members), [float(w) for w in setup.weights]
+        meta[f"length/{c}"] = int(setup.length)
     return meta
 
 
-def parse_assignment_setup(msg: Message) -> tuple[int, dict[int, tuple[tuple[str, ...], tuple[float, ...]]], list[int]]:
-    """(attempt, {cluster: (members, weights)}, skipped clusters) from a secure ASSIGNMENT."""
+SetupMeta = tuple[tuple[str, ...], tuple[float, ...], int]
+"""One cluster's announced setup: members, their weights, the masked vector's length."""
+
+
+def parse_assignment_setup(msg: Message) -> tuple[int, dict[int, SetupMeta], list[int]]:
+    """(attempt, {cluster: (members, weights, length)}, skipped clusters) from a secure ASSIGNMENT.
+
+    Only the form is checked here; the member checks the length against what the plan and its own slots
+    imply (``collaborator.secure``)."""
     attempt = attempt_of(msg)
     out = {}
     for c in _listed(msg, "members"):
@@ -336,7 +352,10 @@ def parse_assignment_setup(msg: Message) -> tuple[int, dict[int, tuple[tuple[str
             isinstance(w, int | float) and not isinstance(w, bool) for w in weights
         ):
             raise _refuse(msg, f"meta 'weights/{c}' must list one number per member")
-        out[c] = (members, tuple(float(w) for w in weights))
+        length = msg.meta.get(f"length/{c}")
+        if not isinstance(length, int) or isinstance(length, bool) or not 0 < length <= 2**31:
+            raise _refuse(msg, f"meta 'length/{c}' must be the cluster's vector length (a positive integer)")
+        out[c] = (members, tuple(float(w) for w in weights), length)
     skipped = msg.meta.get("skipped", [])
     if not isinstance(skipped, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in skipped):
         raise _refuse(msg, "meta 'skipped' must list cluster ids")

@@ -18,8 +18,9 @@ A slot's rows ``k_i <= j < K_c`` are submitted as zero, and each entry of the
 decoded sum is divided by the total weight of the survivors whose slots hold
 it (per-entry weights, as the plain trimmed mean); an entry no survivor holds
 stays at the initial head, and each slot receives the mean in its canonical
-form.  Only the simulator calls this so far: the plan still refuses
-trim_head with secure aggregation until the roles carry ``K_c``.
+form.  The aggregator announces each cluster's length (its wire size at
+``K_c``) in the setup; a member builds its input with ``widen`` and checks
+the length against the plan and its own slots (``collaborator.secure``).
 """
 
 from __future__ import annotations
@@ -105,10 +106,18 @@ def member_input(sr: SecureRound, cid: int, site: str,
     weights = [sr.weights[f"{site}/{i}"] for i in idx]
     if sr.trimmer is None:
         return [vectors[i] for i in idx], weights
-    layout, k_c = sr.trimmer.layout, sr.widths[cid]
-    parts = [np.where(sr.held(cid, f"{site}/{i}"), np.asarray(vectors[i])[wire_mask(layout, k_c)], 0.0)
-             .astype(np.float32) for i in idx]
-    return parts, weights
+    return [widen(sr.trimmer, vectors[i], sr.rows[f"{site}/{i}"], sr.widths[cid]) for i in idx], weights
+
+
+def widen(trimmer: Trimmer, vec: np.ndarray, k: int, k_c: int) -> np.ndarray:
+    """A slot's input to a cluster of width ``k_c``: the full vector's part at ``k_c`` head rows, the rows
+    ``k..k_c-1`` its task does not use set to zero (float32).  ``k > k_c`` is refused: the slot's own rows
+    would not fit."""
+    if k > k_c:
+        raise ValueError(f"a slot with {k} head rows cannot take part in a cluster {k_c} rows wide")
+    layout = trimmer.layout
+    held = wire_mask(layout, k)[wire_mask(layout, k_c)]
+    return np.where(held, np.asarray(vec)[wire_mask(layout, k_c)], 0.0).astype(np.float32)
 
 
 def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, results: Mapping[int, SumResult],
