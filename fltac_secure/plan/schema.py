@@ -354,7 +354,11 @@ class Compression(Strict):
         "initial values add nothing after centering), so slots of tasks with different label counts stay "
         "comparable. Each site declares its slots' label counts in JOIN, and the wire length tells them too: the "
         "aggregator learns each slot's number of labels, not its task name. FL-TAC and oracle, simulated and "
-        "networked: the FedIT baselines send their shared adapter whole; refused with secure_aggregation.",
+        "networked: the FedIT baselines send their shared adapter whole. With secure_aggregation a cluster's masked "
+        "vector is its wire part at K_c, the largest label count among its member slots (a member submits zeros on "
+        "the rows its task does not use, and checks the announced length against the plan and its own count); each "
+        "row of the sum is divided by the weight of the members using it, so a row only one member of a cluster "
+        "uses is that member's own value in the decoded sum.",
     )
 
     @property
@@ -477,12 +481,6 @@ class Plan(Strict):
             )
         self._ring_fits()
         self._slices_disjoint()
-        if self.compression.trim_head and self.secure_aggregation.enabled:
-            raise ValueError(
-                "compression.trim_head with secure_aggregation.enabled: the masked sums are not yet cut per head row "
-                "(members of a cluster may hold tasks with different label counts); set compression.trim_head: false "
-                "or secure_aggregation.enabled: false"
-            )
         if self.compression.enabled and self.secure_aggregation.enabled:
             from fltac_secure.secagg.qring import quant_width  # numpy only
 

@@ -283,9 +283,10 @@ def test_compression_with_secure_aggregation(tmp_path):
         load_plan(write(tmp_path, data))
 
 
-def test_trim_head_off_keeps_the_hash_on_is_hashed_and_refused_with_secure_aggregation(tmp_path):
+def test_trim_head_off_keeps_the_hash_on_is_hashed_and_composes_with_secure_aggregation(tmp_path):
     """compression.trim_head: false (the default) leaves every hash as it was, with or without other compression
-    keys; true changes it; with secure aggregation on it is refused, naming both keys."""
+    keys; true changes it; with secure aggregation on it is accepted (float32 and quantised), and the checks that
+    still apply (error feedback under secure aggregation) still refuse."""
     def hashed(**compression):
         data = mutate("secure_aggregation.enabled", False)
         if compression:
@@ -297,7 +298,11 @@ def test_trim_head_off_keeps_the_hash_on_is_hashed_and_refused_with_secure_aggre
     assert len({hashed(), hashed(trim_head=True), hashed(bits=8), hashed(bits=8, trim_head=True)}) == 4
     data = mutate("compression", {"trim_head": True})
     data["secure_aggregation"] = {"enabled": True}
-    with pytest.raises(ConfigError, match="compression.trim_head.*secure_aggregation.enabled"):
+    assert load_plan(write(tmp_path, data)).compression.trim_head
+    data["compression"] = {"trim_head": True, "bits": 8}
+    assert load_plan(write(tmp_path, data)).compression.trim_head
+    data["compression"] = {"trim_head": True, "bits": 8, "error_feedback": True}
+    with pytest.raises(ConfigError, match="compression.error_feedback.*secure_aggregation.enabled"):
         load_plan(write(tmp_path, data))
 
 
