@@ -45,7 +45,9 @@ class CompressedUpdate:
 def update_nbytes(plan: object, vector_size: int) -> int:
     """Data bytes of one slot's upload: ``4 D`` in float32, or the packed values plus the block scales; under
     secure aggregation the masked vector (ring elements; packed to the quantised ring's width with
-    compression), without the protocol's keys and shares."""
+    compression), without the protocol's keys and shares.  ``vector_size`` is what travels: with
+    ``compression.trim_head`` a slot's wire part, or under secure aggregation its cluster's ``K_c``-wide
+    length (one masked vector per member per cluster)."""
     c, sa = plan.compression, plan.secure_aggregation  # type: ignore[attr-defined]
     if sa.enabled:
         from fltac_secure.secagg.rules import ring_for

@@ -178,11 +178,14 @@ class FLTAC(Method):
         else:
             self.state = server_aggregate(self.state, assignment, vectors, counts, plan, head_rows=self.head_rows)
         sizes = [self.wire_size(key) for key in vectors]
+        ups = sizes
+        if plan.secure_aggregation.enabled and self.trimmer is not None:
+            ups = self._secure().masked_lengths  # one K_c-wide masked vector per member per summed cluster
         n = len(vectors)
         return RoundOutcome(
-            up_params=sum(sizes) + n * (self.sketch_params + 1),
+            up_params=sum(ups) + n * (self.sketch_params + 1),
             down_params=sum(sizes) + n,
-            up_bytes=sum(update_nbytes(plan, d) for d in sizes) + n * (8 * self.sketch_params + 8),
+            up_bytes=sum(update_nbytes(plan, d) for d in ups) + n * (8 * self.sketch_params + 8),
             down_bytes=4 * sum(sizes) + 8 * n,
             bits=plan.compression.bits,
             train_loss=float(np.nanmean(losses)),

@@ -36,6 +36,8 @@ class LocalSecureAggregation:
             self.verifier = PeerVerifier.from_files(fed.ca_cert, plan.roster, fed.crl)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)  # keys are in memory; nothing of the run stays on disk
+        self.masked_lengths: list[int] = []
+        """The last round's masked uploads: one length per member per summed cluster (K_c wide with trim_head)."""
 
     def aggregate(self, state: ServerState, assignment: Assignment, vectors: Mapping[str, np.ndarray],
                   counts: Mapping[str, int], rngs: Mapping[str, np.random.Generator] | None = None,
@@ -59,5 +61,6 @@ class LocalSecureAggregation:
                 clients[site] = ClientSession(setup, self.signers[site], self.verifier, vecs, weights,
                                               rng=rngs.get(site) if rngs else None)
             results[cid] = run_cluster(ServerSession(setup, self.verifier), clients).result
+        self.masked_lengths = [setup.length for setup in sr.setups.values() for _ in setup.members]
         new, report = secure_outcome(state, assignment, sr, results, updates=updates)
         return resolve_own(new, vectors), report
