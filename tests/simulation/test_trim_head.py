@@ -146,8 +146,7 @@ def test_simulate_end_to_end_and_fedit_ignores_trim_head(plan, data, tmp_path):
 def test_secure_trimmed_means_equal_the_plain_ones(plan, bits):
     """trim_head under secure aggregation (pure round functions, simulator's protocol run): each cluster is summed
     at its widest member's width with unused rows as zero, and per-row weights give the plain trimmed means,
-    within the ring's encoding bound; a mixed-width cluster included.  (Plan validation still refuses the pair
-    until the roles carry it, so the plan is built past validation here.)"""
+    within the ring's encoding bound; a mixed-width cluster included."""
     from fltac_secure.plan.schema import Compression
     from fltac_secure.simulation.secure import LocalSecureAggregation
 
@@ -180,3 +179,31 @@ def test_secure_trimmed_means_equal_the_plain_ones(plan, bits):
         unused = ~wire_mask(layout, rows[k])
         np.testing.assert_array_equal(secure.vectors[k][unused], t.init[unused])  # canonical, bit for bit
         np.testing.assert_allclose(secure.vectors[k], plain.vectors[k], atol=tol)
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_secure_trimmed_up_bytes_count_one_masked_vector_per_member_and_cluster(plan, data, bits):
+    """Under secure aggregation a member uploads one masked vector per summed cluster, as wide as the cluster's
+    widest slot (K_c): the ring's bytes of ``wire_size(K_c)`` each, plus every slot's sketch and count."""
+    from fltac_secure.plan import Plan
+    from fltac_secure.secagg.rules import ring_for
+
+    extra = {"bits": bits, "secure_clip": 0.5} if bits < 32 else {}
+    base = with_trim(plan, **extra).model_dump()
+    base["clustering"]["k"] = 2  # fewer clusters than tasks: a cluster mixes label counts
+    p = Plan.model_validate({**base, "secure_aggregation": {"enabled": True}})
+    method = FLTAC(SimContext(p, data))
+    out = method.run_round(0)
+    t, rows, ring = method.trimmer, rows_of(method), ring_for(p)
+    widths: dict[int, int] = {}
+    sites: dict[int, set[str]] = {}
+    for key, c in out.labels.items():
+        widths[c] = max(widths.get(c, 0), rows[key])
+        sites.setdefault(c, set()).add(key.rsplit("/", 1)[0])
+    summed = [c for c, row in method.secure_report.items() if row["status"] == "summed"]
+    assert summed and any(len({rows[k] for k, c2 in out.labels.items() if c2 == c}) > 1 for c in summed)
+    masked = [t.size(widths[c]) for c in summed for _ in sites[c]]
+    n, sk = len(rows), p.clustering.sketch_dim
+    assert out.up_params == sum(masked) + n * (sk + 1)
+    assert out.up_bytes == sum(-(-m * ring.bits // 8) for m in masked) + n * (8 * sk + 8)
+    assert out.up_bytes != sum(-(-t.size(k) * ring.bits // 8) for k in rows.values()) + n * (8 * sk + 8)
