@@ -32,9 +32,13 @@ Reply = KeyAdvert | SealedShares | MaskedInput | ConsistencySig | UnmaskShares
 
 
 def pair_label(setup: Setup, purpose: str, a: str, b: str) -> bytes:
-    """The ``info`` of a pairwise key: the pair in member order, so both ends derive the same key."""
+    """The ``info`` of a pairwise key: the pair in member order, so both ends derive the same key, and the
+    setup's vector length.  Binding the length answers an aggregator that announces different lengths to
+    different members (with compression.trim_head the entries would misalign, and a member's own values could
+    meet another's zeros in the sum): such members derive different keys, so their shares fail to decrypt
+    (``bad_share``) before any masked input is sent, and their masks would never cancel."""
     lo, hi = sorted((a, b), key=setup.index)
-    return setup.context.label(purpose, lo, hi)
+    return setup.context.label(purpose, lo, hi, setup.length)
 
 
 def self_mask_key(setup: Setup, site: str, seed: bytes) -> bytes:

@@ -184,3 +184,21 @@ def _first_two_stages(c):
         c.server.receive(m, cl.handle(books[m]))
     deliveries = c.server.advance()
     return next(iter(books.values())), deliveries
+
+
+def test_members_shown_different_lengths_refuse_each_others_shares(make_cluster, signers, verifier) -> None:
+    """The length is bound into every pairwise key: an aggregator announcing a longer vector to one member
+    (compression.trim_head: its entries would misalign with the others' zeros) gets no masked input from the
+    members it split, and the cluster is not summed."""
+    import numpy as np
+
+    from fltac_secure.secagg import ClientSession
+
+    c = make_cluster(sites(3))
+    longer = dataclasses.replace(c.setup, length=c.setup.length + 3)
+    odd = SITES[0]
+    c.clients[odd] = ClientSession(longer, signers[odd], verifier, [np.zeros(longer.length)], [c.weights[odd]])
+    run = run_cluster(c.server, c.clients)
+    assert run.result.skipped
+    assert set(_reasons(run).values()) == {"bad_share"} and set(run.errors) == set(sites(3))
+    assert not any("MaskedInput" in sent for sent in run.sent.values())
