@@ -10,15 +10,16 @@ protocol's keys and shares, which ``benchmarks/secagg.py`` measures):
     fltac-r1-b32  fltac-r1-b8  fltac-r1-b4          LoRA A and B trained and sent
     fltac-r1-ffa-b32  fltac-r1-ffa-b8  fltac-r1-ffa-b4   FFA-LoRA: B and the head only
     fltac-r1-ffa-trim-b32  ...-trim-b8  ...-trim-b4     FFA-LoRA, and only the head rows of each slot's
-                                                    task (compression.trim_head; plain rounds only)
+                                                    task (compression.trim_head; under secure
+                                                    aggregation each cluster is K_c rows wide)
     fedit-r8-b32                                    FedIT r8 in float32, the comparison the issue names
 
 ``--secure on|off`` overrides the plan's secure aggregation (bench-4task has it
 on: the quantised updates are then summed in the narrow ring with
 ``compression.secure_clip``; ``--secure-clip`` sets it). Error feedback stays
-off (it does not compose with secure aggregation). Head trimming does not
-compose with secure aggregation yet: with it on, the ``-trim-`` variants are
-skipped (named with ``--only``: refused); ``--secure off`` runs them. ``--quick`` is a smoke run
+off (it does not compose with secure aggregation). Head trimming composes
+with secure aggregation: a cluster's masked upload is its wire part at K_c,
+the widest member slot's label count. ``--quick`` is a smoke run
 written under ``--work`` unless ``--results`` is given.
 
     .venv/bin/python benchmarks/communication.py                      # bench-4task, 3 seeds
@@ -146,14 +147,6 @@ def main() -> None:
 
     size = QUICK if args.quick else FULL
     names = chosen_variants(args.only, VARIANTS)
-    secure = make_plan(args.plan, size, 1, None, 0).secure_aggregation.enabled if args.secure == "plan" \
-        else args.secure == "on"
-    trimmed = [n for n in names if VARIANTS[n][4]]
-    if secure and trimmed:  # the plan refuses trim_head with secure aggregation
-        if args.only:
-            raise SystemExit(f"{trimmed} trim the head, which secure aggregation refuses; add --secure off")
-        print(f"skipping {trimmed}: compression.trim_head is refused with secure aggregation (--secure off runs them)")
-        names = [n for n in names if n not in trimmed]
     base = variant_plan(args, size, names[0], 0)
     meta = {"plan": base.federation,
             "setup": f"{len(base.roster)} sites, {size['rounds']} rounds, {size['local_steps']} local steps, "
