@@ -83,7 +83,8 @@ def run_ours(fed: Any, names: list[str], d: int, rate: float, seed: int) -> dict
         signer = Signer.from_files(m, fed.paths(m).cert, fed.paths(m).key)
         verifier = PeerVerifier.from_files(fed.ca_cert, names, fed.crl)  # each member checks every certificate itself
         t0 = time.perf_counter()
-        clients[m] = ClientSession(setup, signer, verifier, [vectors[m]], [float(counts[m])])
+        clients[m] = ClientSession(setup, signer, verifier, [vectors[m]], [float(counts[m])], width=1,
+                                   min_cluster_size=2)
         build[m] = time.perf_counter() - t0
     server = ServerSession(setup, PeerVerifier.from_files(fed.ca_cert, names, fed.crl))
     drops = drop_plan(names, rate)

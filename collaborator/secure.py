@@ -7,7 +7,11 @@ it carries. Every check of the protocol (signatures against this site's CA
 copy, roster and CRL; its own keys unchanged; shares that decrypt; the
 survivor set; the one-share rule) runs in ``fltac_secure.secagg.client``;
 a failed check stops the site with an error that names it, because it means
-the aggregator (or a member) is not following the protocol. So does a setup
+the aggregator (or a member) is not following the protocol. One check only
+leaves the cluster it concerns (the site's other clusters go on):
+``lonely_rows``, a head row that would be summed over fewer than
+``min_cluster_size`` members (its width, the largest label count of its
+slots there, is signed into its advert). So does a setup
 whose vector length is not the one the plan and this site's own slots imply
 (``bad_length``; with compression.trim_head: the wire size at a ``K_c`` of
 the plan's label counts, at least this site's own count; its inputs are its
@@ -63,6 +67,13 @@ class SecureSide:
         self.c.log.warn(f"round {r}: left this secure aggregation run: {exc}")
         return True
 
+    def _leave(self, r: int, c: int, exc: SecAggError) -> None:
+        """A cluster whose sum would reveal a head row (``lonely_rows``): leave that cluster only (no further
+        answer for it, so nothing of this site is summed or unmasked there); the others go on. Its slots there
+        count as dropped: the aggregator keeps their previous vectors."""
+        del self.sessions[c]
+        self.c.log.warn(f"round {r}: left secure aggregation in cluster {c} ({exc.reason}): {exc}")
+
     def _fail(self, r: int, exc: SecAggError) -> StateError:
         self.sessions, self.run = {}, None
         self.c.log.error(f"round {r}: secure aggregation check failed: {exc}")
@@ -96,8 +107,10 @@ class SecureSide:
                 inputs = self._inputs(c, length, idx, vectors)
                 setup = Setup(Context(self.c.hash, r, attempt, c), members, member_weights,
                               threshold_for(len(members), sa.threshold), ring, length)  # fmt: skip
-                self.sessions[c] = ClientSession(setup, self.signer, verifier, inputs,
-                                                 [weights[str(i)] for i in idx], rng=self.c.faults.quantise_rng)  # fmt: skip
+                width = max((plan.task(self.c.ws.tasks[i]).num_labels for i in idx), default=1)
+                self.sessions[c] = ClientSession(setup, self.signer, verifier, inputs, [weights[str(i)] for i in idx],
+                                                 width=width, min_cluster_size=sa.min_cluster_size,
+                                                 rng=self.c.faults.quantise_rng)  # fmt: skip
             adverts = {c: s.advertise() for c, s in self.sessions.items()}
         except SecAggError as exc:
             raise self._fail(r, exc) from exc
@@ -140,10 +153,17 @@ class SecureSide:
             return
         records = _PARSE[msg.kind](msg, self.c.site.name)
         unknown = sorted(set(records) - set(self.sessions))
+        replies = {}
         try:
             if unknown:
                 raise SecAggError(f"{msg.kind} names cluster(s) {unknown} this site is not summing in", "bad_message")
-            replies = {c: self.sessions[c].handle(rec) for c, rec in records.items()}
+            for c, rec in records.items():
+                try:
+                    replies[c] = self.sessions[c].handle(rec)
+                except SecAggError as exc:
+                    if exc.reason != "lonely_rows":
+                        raise
+                    self._leave(r, c, exc)
         except SecAggError as exc:
             if self._abandon(r, exc):
                 return

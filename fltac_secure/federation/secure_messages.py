@@ -5,8 +5,8 @@ number of the protocol run it belongs to, and its round in the envelope::
 
     ASSIGNMENT    agg -> collab  (extended) meta members/<c>, weights/<c>, length/<c> per summed cluster,
                                  skipped [c...]
-    SA_KEYS       collab -> agg  cert; <c>/c_pk, <c>/s_pk (32 B), <c>/sig           stage 0: signed keys
-    SA_KEYBOOK    agg -> collab  cert/<site>; <c>/c_pk/<site>, <c>/s_pk/<site>, <c>/sig/<site>
+    SA_KEYS       collab -> agg  cert; <c>/c_pk, <c>/s_pk (32 B), <c>/width (4 B), <c>/sig   stage 0: signed keys
+    SA_KEYBOOK    agg -> collab  cert/<site>; <c>/c_pk/<site>, <c>/s_pk/<site>, <c>/width/<site>, <c>/sig/<site>
     SA_SHARES     collab -> agg  <c>/sealed/<recipient> (60 B)                     stage 1: sealed shares
     SA_DELIVERY   agg -> collab  <c>/sealed/<sender>
     SA_MASKED     collab -> agg  <c>/masked (D,) uint32 (uint64 in a 64-bit ring)  stage 2: masked input
@@ -23,6 +23,9 @@ the typed records of ``fltac_secure.secagg.records`` (whose constructors
 check every byte length) and check the cluster set and the vector size
 against the plan. The aggregator relays ciphertexts it cannot open: a
 sealed share is addressed to one member and authenticated with the context.
+A member's answer may omit a cluster of its stage (it left that cluster, e.g.
+``lonely_rows``): the aggregator counts it as dropped there; SA_KEYS must
+carry every cluster of the site's assignment.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ _SITE = NAME_RE.strip("^$")
 _C = r"\d{1,6}"
 _BYTES = (["uint8"], 1)
 _RULES: dict[str, dict[str, tuple[list[str], int]]] = {
-    SA_KEYS: {"cert": _BYTES, rf"{_C}/(c_pk|s_pk|sig)": _BYTES},
-    SA_KEYBOOK: {rf"cert/{_SITE}": _BYTES, rf"{_C}/(c_pk|s_pk|sig)/{_SITE}": _BYTES},
+    SA_KEYS: {"cert": _BYTES, rf"{_C}/(c_pk|s_pk|width|sig)": _BYTES},
+    SA_KEYBOOK: {rf"cert/{_SITE}": _BYTES, rf"{_C}/(c_pk|s_pk|width|sig)/{_SITE}": _BYTES},
     SA_SHARES: {rf"{_C}/sealed/{_SITE}": _BYTES},
     SA_DELIVERY: {rf"{_C}/sealed/{_SITE}": _BYTES},
     SA_MASKED: {rf"{_C}/masked": (["uint32", "uint64", "uint8"], 1)},
@@ -119,9 +122,11 @@ def attempt_of(msg: Message) -> int:
     return value
 
 
-def _records(msg: Message, build: Any, expected: Iterable[int] | None) -> dict[int, Any]:
+def _records(msg: Message, build: Any, expected: Iterable[int] | None, *, some: bool = False) -> dict[int, Any]:
+    """Records per cluster; ``expected``: the clusters it must carry (``some``: at most those; a member that
+    left a cluster answers only for the others)."""
     groups = _grouped(msg)
-    if expected is not None and set(groups) != set(expected):
+    if expected is not None and not (set(groups) <= set(expected) if some else set(groups) == set(expected)):
         raise _refuse(msg, f"carries clusters {sorted(groups)}, expected {sorted(expected)}")
     try:
         return {c: build(c, fields) for c, fields in sorted(groups.items())}
@@ -134,6 +139,12 @@ def _one(fields: dict[str, dict[str | None, np.ndarray]], name: str) -> bytes:
     if list(values) != [None]:
         raise KeyError(name)
     return values[None].tobytes()
+
+
+def _width(raw: bytes) -> int:
+    if len(raw) != 4:
+        raise KeyError("width must be 4 bytes")
+    return int.from_bytes(raw, "big")
 
 
 def _by_site(fields: dict[str, dict[str | None, np.ndarray]], name: str) -> dict[str, bytes]:
@@ -157,7 +168,8 @@ def keys_parts(attempt: int, adverts: Mapping[int, KeyAdvert]) -> dict[str, Any]
         raise SecAggError("a site signs every cluster's keys with one certificate", "internal")
     tensors = {"cert": _u8(certs.pop())}
     for c, a in adverts.items():
-        tensors.update({f"{c}/c_pk": _u8(a.c_pk), f"{c}/s_pk": _u8(a.s_pk), f"{c}/sig": _u8(a.signature)})
+        tensors.update({f"{c}/c_pk": _u8(a.c_pk), f"{c}/s_pk": _u8(a.s_pk), f"{c}/width": _u8(a.width.to_bytes(4, "big")),
+                        f"{c}/sig": _u8(a.signature)})  # fmt: skip
     return _message_parts(attempt, tensors)
 
 
@@ -167,7 +179,8 @@ def parse_keys(msg: Message, expected: Iterable[int]) -> dict[int, KeyAdvert]:
         raise _refuse(msg, "carries no certificate")
 
     def build(c: int, f: dict) -> KeyAdvert:
-        return KeyAdvert(msg.sender, _one(f, "c_pk"), _one(f, "s_pk"), cert.tobytes(), _one(f, "sig"))
+        return KeyAdvert(msg.sender, _one(f, "c_pk"), _one(f, "s_pk"), _width(_one(f, "width")), cert.tobytes(),
+                         _one(f, "sig"))  # fmt: skip
 
     return _records(msg, build, expected)
 
@@ -178,6 +191,7 @@ def keybook_parts(attempt: int, books: Mapping[int, KeyBook]) -> dict[str, Any]:
         for a in book.adverts:
             tensors[f"cert/{a.site}"] = _u8(a.certificate)
             tensors.update({f"{c}/c_pk/{a.site}": _u8(a.c_pk), f"{c}/s_pk/{a.site}": _u8(a.s_pk),
+                            f"{c}/width/{a.site}": _u8(a.width.to_bytes(4, "big")),
                             f"{c}/sig/{a.site}": _u8(a.signature)})  # fmt: skip
     return _message_parts(attempt, tensors)
 
@@ -187,9 +201,10 @@ def parse_keybook(msg: Message) -> dict[int, KeyBook]:
 
     def build(c: int, f: dict) -> KeyBook:
         c_pk, s_pk, sig = _by_site(f, "c_pk"), _by_site(f, "s_pk"), _by_site(f, "sig")
-        if not set(c_pk) == set(s_pk) == set(sig) <= set(certs):
-            raise KeyError("every advert needs c_pk, s_pk, sig and a certificate")
-        return KeyBook(tuple(KeyAdvert(s, c_pk[s], s_pk[s], certs[s], sig[s]) for s in sorted(c_pk)))
+        width = _by_site(f, "width")
+        if not set(c_pk) == set(s_pk) == set(width) == set(sig) <= set(certs):
+            raise KeyError("every advert needs c_pk, s_pk, width, sig and a certificate")
+        return KeyBook(tuple(KeyAdvert(s, c_pk[s], s_pk[s], _width(width[s]), certs[s], sig[s]) for s in sorted(c_pk)))
 
     return _records(msg, build, None)
 
@@ -204,7 +219,7 @@ def shares_parts(attempt: int, sealed: Mapping[int, SealedShares | ShareDelivery
 
 
 def parse_shares(msg: Message, expected: Iterable[int]) -> dict[int, SealedShares]:
-    return _records(msg, lambda c, f: SealedShares(msg.sender, _by_site(f, "sealed")), expected)
+    return _records(msg, lambda c, f: SealedShares(msg.sender, _by_site(f, "sealed")), expected, some=True)
 
 
 def parse_delivery(msg: Message, me: str) -> dict[int, ShareDelivery]:
@@ -242,7 +257,7 @@ def parse_masked(msg: Message, expected: Iterable[int], length: int | Mapping[in
                             f"{np.dtype(dtype)}[{n}]")  # fmt: skip
         return MaskedInput(msg.sender, np.asarray(arr))
 
-    return _records(msg, build, expected)
+    return _records(msg, build, expected, some=True)
 
 
 # -- stage 3: consistency ------------------------------------------------------------------------
@@ -282,7 +297,7 @@ def consistency_parts(attempt: int, sigs: Mapping[int, ConsistencySig]) -> dict[
 
 
 def parse_consistency(msg: Message, expected: Iterable[int]) -> dict[int, ConsistencySig]:
-    return _records(msg, lambda c, f: ConsistencySig(msg.sender, _one(f, "sig")), expected)
+    return _records(msg, lambda c, f: ConsistencySig(msg.sender, _one(f, "sig")), expected, some=True)
 
 
 # -- stage 4: unmask ------------------------------------------------------------------------------
@@ -318,7 +333,8 @@ def reveal_parts(attempt: int, shares: Mapping[int, UnmaskShares]) -> dict[str, 
 
 
 def parse_reveal(msg: Message, expected: Iterable[int]) -> dict[int, UnmaskShares]:
-    return _records(msg, lambda c, f: UnmaskShares(msg.sender, _by_site(f, "self"), _by_site(f, "key")), expected)
+    return _records(msg, lambda c, f: UnmaskShares(msg.sender, _by_site(f, "self"), _by_site(f, "key")), expected,
+                    some=True)  # fmt: skip
 
 
 # -- the setup in ASSIGNMENT, own vectors in ROUND_START and FINAL ------------------------------

@@ -6,7 +6,12 @@ its owner's enrolled certificate (``PeerVerifier``); its own advert must come
 back unchanged; shares must decrypt under the pairwise key with the full
 context as associated data; it signs only a survivor set that contains it
 and that it could have seen; and it reveals shares only after verifying at
-least t signatures on exactly the set it signed. One-share rule: no member
+least t signatures on exactly the set it signed. Head rows: each member
+signs its width (the head rows its slots use) into its advert; it sends
+nothing for the cluster past the key book if its own widest row would be
+summed over fewer than ``min_cluster_size`` members, and it reveals no
+shares if any survivor's would (``lonely_rows``): otherwise the sum would
+reveal that row, whoever built the cluster. One-share rule: no member
 is ever both a survivor (self-mask share revealed) and dropped (key-seed
 share revealed), and a member answers one unmask request per run.
 """
@@ -23,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fltac_secure.errors import SecAggError
 from fltac_secure.secagg import crypto
 from fltac_secure.secagg.identity import PeerVerifier, Signer
+from fltac_secure.secagg.rules import lonely_rows
 from fltac_secure.secagg.records import (
     ConsistencySig, KeyAdvert, KeyBook, MaskedInput, SealedShares, Setup, ShareDelivery, Stage, SurvivorSet,
     UnmaskRequest, UnmaskShares,
@@ -58,10 +64,14 @@ class ClientSession:
 
     def __init__(
         self, setup: Setup, signer: Signer, verifier: PeerVerifier, vectors: Sequence[np.ndarray],
-        weights: Sequence[float], *, rng: np.random.Generator | None = None,
+        weights: Sequence[float], *, width: int, min_cluster_size: int, rng: np.random.Generator | None = None,
     ) -> None:  # fmt: skip
-        """``vectors``: the member's slot vectors (slot updates with a ``QuantRing``); ``rng`` (tests only):
-        the quantised ring's rounding draws instead of OS randomness."""
+        """``vectors``: the member's slot vectors (slot updates with a ``QuantRing``); ``width``: the largest
+        label count among its slots here (signed into its advert); ``min_cluster_size``: the plan's, from this
+        member's own copy of the plan (never the aggregator's word); ``rng`` (tests only): the quantised ring's
+        rounding draws instead of OS randomness."""
+        if min_cluster_size < 2:
+            raise SecAggError(f"min_cluster_size {min_cluster_size} must be at least 2", "bad_setup")
         if signer.name not in setup.members:
             raise SecAggError(f"{signer.name!r} is not a member of cluster {setup.context.cluster}", "not_member")
         me = signer.name
@@ -75,6 +85,7 @@ class ClientSession:
         if weighted.shape != (setup.length,):
             raise SecAggError(f"vector length {weighted.size} differs from the setup's {setup.length}", "bad_setup")
         self.setup, self.me, self._signer, self._verifier = setup, me, signer, verifier
+        self.width, self.min_cluster_size = width, min_cluster_size
         self._encoded: np.ndarray | None = setup.ring.encode(weighted, rng)
         self._c = X25519PrivateKey.generate()
         self._s_seed, self._b_seed = crypto.fresh_seed(), crypto.fresh_seed()
@@ -87,10 +98,10 @@ class ClientSession:
         self._advert = self._make_advert()
 
     def _make_advert(self) -> KeyAdvert:
-        unsigned = KeyAdvert(self.me, crypto.public_bytes(self._c), crypto.public_bytes(self._s),
+        unsigned = KeyAdvert(self.me, crypto.public_bytes(self._c), crypto.public_bytes(self._s), self.width,
                              self._signer.certificate, b"")  # fmt: skip
         sig = crypto.sign(self._signer.key, unsigned.signed_payload(self.setup.context))
-        return KeyAdvert(unsigned.site, unsigned.c_pk, unsigned.s_pk, unsigned.certificate, sig)
+        return KeyAdvert(unsigned.site, unsigned.c_pk, unsigned.s_pk, unsigned.width, unsigned.certificate, sig)
 
     def advertise(self) -> KeyAdvert:
         """Stage 0: this member's signed public keys."""
@@ -120,6 +131,19 @@ class ClientSession:
             self.stage = Stage.SKIPPED
             raise SecAggError(f"only {count} {what}, threshold is {self.setup.threshold}", "below_threshold")
 
+    def _check_rows(self, widths: dict[str, int], whose: Sequence[str], among: str) -> None:
+        """Refuse (``lonely_rows``, this stage answered no more) if a head row of one of ``whose`` would be
+        summed over fewer than ``min_cluster_size`` of the members in ``widths`` (signed adverts)."""
+        lonely = {s: n for s, n in lonely_rows(widths, self.min_cluster_size).items() if s in whose}
+        if lonely:
+            self.stage = Stage.SKIPPED
+            detail = ", ".join(f"{s!r} (width {widths[s]}: {n} member(s) that wide)" for s, n in sorted(lonely.items()))
+            raise SecAggError(
+                f"cluster {self.setup.context.cluster}: in {among}, head rows of {detail} would be summed over fewer "
+                f"than min_cluster_size {self.min_cluster_size} members, so the sum would reveal them; "
+                "this member takes no further part in the cluster", "lonely_rows",
+            )  # fmt: skip
+
     def _on_keys(self, book: KeyBook) -> SealedShares:
         setup, ctx = self.setup, self.setup.context
         sites = [a.site for a in book.adverts]
@@ -137,6 +161,7 @@ class ClientSession:
         if len({a.c_pk for a in book.adverts} | {a.s_pk for a in book.adverts}) != 2 * len(sites):
             raise SecAggError("advertised public keys repeat; every key must be fresh", "bad_key")
         self._peers = {a.site: a for a in book.adverts}
+        self._check_rows({a.site: a.width for a in book.adverts}, [self.me], "the key book")
         n, t = len(setup.members), setup.threshold
         s_shares, b_shares = crypto.split(self._s_seed, t, n), crypto.split(self._b_seed, t, n)
         sealed = {}
@@ -214,6 +239,8 @@ class ClientSession:
             crypto.verify(self._signing[site], sig, payload, f"survivor-set signature of {site!r}")
             valid += 1
         self._need(valid, "valid signatures on the survivor set")
+        # Every survivor's rows, not only this member's: the others' shares alone may rebuild a survivor's mask.
+        self._check_rows({v: self._peers[v].width for v in survivors}, sorted(survivors), "the survivor set")
         return UnmaskShares(
             self.me,
             self_mask={v: self._held[v][1] for v in sorted(survivors)},

@@ -117,11 +117,19 @@ class Setup:
 
 @dataclass(frozen=True)
 class KeyAdvert:
-    """Stage 0, member -> all: the round's two X25519 public keys, signed with the enrollment key."""
+    """Stage 0, member -> all: the round's two X25519 public keys and the member's head width in the cluster,
+    signed with the enrollment key.
+
+    ``width``: the largest label count among the member's slots in the cluster (it uses head rows
+    ``0..width-1``). Signed so that the aggregator cannot alter it: every member checks from the signed widths
+    that each head row it (or any survivor) uses is summed over at least ``min_cluster_size`` members
+    (``rules.lonely_rows``).
+    """
 
     site: str
     c_pk: bytes
     s_pk: bytes
+    width: int
     certificate: bytes
     signature: bytes
 
@@ -129,11 +137,13 @@ class KeyAdvert:
         _name(self.site, "advert site")
         _bytes(self.c_pk, "advert c_pk", size=32)
         _bytes(self.s_pk, "advert s_pk", size=32)
+        if not isinstance(self.width, int) or isinstance(self.width, bool) or not 0 < self.width < 2**31:
+            raise SecAggError(f"advert width must be an integer in [1, 2^31), got {self.width!r:.40}", "bad_message")
         _bytes(self.certificate, "advert certificate", most=8192)
         _bytes(self.signature, "advert signature", most=MAX_SIGNATURE_BYTES)
 
     def signed_payload(self, context: Context) -> bytes:
-        return context.label("advertise", self.site, self.c_pk, self.s_pk)
+        return context.label("advertise", self.site, self.c_pk, self.s_pk, self.width)
 
 
 @dataclass(frozen=True)

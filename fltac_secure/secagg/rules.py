@@ -58,3 +58,20 @@ def member_weights(slot_sites: Sequence[str], slot_weights: Sequence[float]) -> 
     for site, w in zip(slot_sites, slot_weights, strict=True):
         out[site] = out.get(site, 0.0) + float(w)
     return out
+
+
+def lonely_rows(widths: Mapping[str, int], min_cluster_size: int) -> dict[str, int]:
+    """Members whose head rows would be summed over fewer than ``min_cluster_size`` members, with how many.
+
+    ``widths``: member -> its width (it uses head rows ``0..width-1``; rows above are zero or values the
+    aggregator already knows). Row ``j`` of the sum holds real contributions only from members wider than
+    ``j``, so member u's widest row is summed over the members whose width is at least u's; when those are
+    fewer than ``min_cluster_size``, the sum reveals that row of u to the aggregator (the other
+    members' parts of it are known). Empty when every row is summed over enough members.
+    """
+    out = {}
+    for site, w in widths.items():
+        peers = sum(1 for v in widths.values() if v >= w)
+        if peers < min_cluster_size:
+            out[site] = peers
+    return out

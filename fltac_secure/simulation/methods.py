@@ -151,7 +151,9 @@ class FLTAC(Method):
         """Test hook: per site, the generator its quantisation draws from (None: OS randomness, as in the roles)."""
         trim = ctx.plan.compression.trim_head
         self.trimmer = Trimmer.of(ctx.plan) if trim else None
-        self.head_rows = slot_head_rows(ctx.plan, ctx.key_task) if trim else None
+        self.label_counts = slot_head_rows(ctx.plan, ctx.key_task)
+        """Each slot's label count, from the plan (its width under secure aggregation)."""
+        self.head_rows = self.label_counts if trim else None
         """compression.trim_head: each slot's label count (its head rows on the wire), from the plan."""
 
     def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
@@ -174,7 +176,8 @@ class FLTAC(Method):
         assignment = self.assign(sketches)
         if plan.secure_aggregation.enabled:
             self.state, self.secure_report = self._secure().aggregate(self.state, assignment, vectors, counts,
-                                                                      self.compression_rngs, self.head_rows)
+                                                                      self.compression_rngs, self.head_rows,
+                                                                      self.label_counts)
         else:
             self.state = server_aggregate(self.state, assignment, vectors, counts, plan, head_rows=self.head_rows)
         sizes = [self.wire_size(key) for key in vectors]

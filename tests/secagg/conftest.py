@@ -28,6 +28,10 @@ def verifier(fed: FederationPKI) -> PeerVerifier:
     return PeerVerifier.from_files(fed.ca_cert, SITES, fed.crl)
 
 
+ROWS = {"width": 1, "min_cluster_size": 2}
+"""ClientSession's head-row arguments where every member has the same width (the rule holds trivially)."""
+
+
 class Cluster:
     """A cluster ready to run: setup, inputs, clients and a server (``server_cls`` lets a test play a malicious one)."""
 
@@ -35,6 +39,7 @@ class Cluster:
         self, signers: dict[str, Signer], verifier: PeerVerifier, members: Sequence[str], *, length: int = 64,
         ring: Ring | None = None, fraction: float = 2 / 3, context: Context | None = None, seed: int = 0,
         server_cls: type[ServerSession] = ServerSession, vectors: dict[str, np.ndarray] | None = None,
+        widths: dict[str, int] | None = None, min_cluster_size: int = 2,
     ) -> None:  # fmt: skip
         rng = np.random.default_rng(seed)
         self.ring = ring or Ring(32, 20, 8.0)
@@ -44,7 +49,9 @@ class Cluster:
             context or Context("planhash", 3, 0, 1), tuple(members), tuple(self.weights[m] for m in members),
             threshold_for(len(members), fraction), self.ring, length,
         )  # fmt: skip
-        self.clients = {m: ClientSession(self.setup, signers[m], verifier, [self.vectors[m]], [self.weights[m]])
+        self.widths = {m: (widths or {}).get(m, 1) for m in members}
+        self.clients = {m: ClientSession(self.setup, signers[m], verifier, [self.vectors[m]], [self.weights[m]],
+                                         width=self.widths[m], min_cluster_size=min_cluster_size)
                         for m in members}  # fmt: skip
         self.server = server_cls(self.setup, verifier)
 

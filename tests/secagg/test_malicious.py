@@ -17,7 +17,7 @@ from fltac_secure.secagg import Context, ServerSession, Stage, run_cluster
 from fltac_secure.secagg.crypto import public_bytes
 from fltac_secure.secagg.records import KeyBook, ShareDelivery, SurvivorSet, UnmaskRequest
 
-from .conftest import SITES, sites
+from .conftest import ROWS, SITES, sites
 
 
 def _reasons(run) -> dict[str, str]:
@@ -197,7 +197,8 @@ def test_members_shown_different_lengths_refuse_each_others_shares(make_cluster,
     c = make_cluster(sites(3))
     longer = dataclasses.replace(c.setup, length=c.setup.length + 3)
     odd = SITES[0]
-    c.clients[odd] = ClientSession(longer, signers[odd], verifier, [np.zeros(longer.length)], [c.weights[odd]])
+    c.clients[odd] = ClientSession(longer, signers[odd], verifier, [np.zeros(longer.length)], [c.weights[odd]],
+                                   **ROWS)
     run = run_cluster(c.server, c.clients)
     assert run.result.skipped
     assert set(_reasons(run).values()) == {"bad_share"} and set(run.errors) == set(sites(3))

@@ -15,7 +15,7 @@ from fltac_secure.secagg import ClientSession, Context, Ring, ServerSession, Set
 from fltac_secure.secagg.records import KeyBook, MaskedInput, ShareDelivery
 from fltac_secure.secagg.rules import cluster_setup, member_weights
 
-from .conftest import SITES, sites
+from .conftest import ROWS, SITES, sites
 
 LATE = [Stage.SHARE, Stage.MASK, Stage.CONSISTENCY, Stage.UNMASK]
 
@@ -138,8 +138,8 @@ def test_a_site_with_two_slots_in_one_cluster_takes_part_once(make_cluster, sign
     assert isinstance(setup, Setup) and setup.members == (SITES[0], SITES[1]) and setup.threshold == 2
     x = {k: np.full(5, v) for k, v in (("a", 1.0), ("b", 2.0), ("c", -1.0))}
     clients = {
-        SITES[0]: ClientSession(setup, signers[SITES[0]], verifier, [x["a"], x["c"]], [10.0, 20.0]),
-        SITES[1]: ClientSession(setup, signers[SITES[1]], verifier, [x["b"]], [30.0]),
+        SITES[0]: ClientSession(setup, signers[SITES[0]], verifier, [x["a"], x["c"]], [10.0, 20.0], **ROWS),
+        SITES[1]: ClientSession(setup, signers[SITES[1]], verifier, [x["b"]], [30.0], **ROWS),
     }
     res = run_cluster(ServerSession(setup, verifier), clients).result
     assert np.allclose(res.mean, (10 * 1.0 + 30 * 2.0 + 20 * -1.0) / 60, atol=setup.ring.error_bound(2))
@@ -176,7 +176,7 @@ def test_setups_that_weaken_the_protocol_are_refused() -> None:
 def test_a_misweighted_member_refuses_the_setup(signers, verifier) -> None:
     setup = Setup(Context("h", 0, 0, 0), sites(2), (5.0, 5.0), 2, Ring(32, 20, 8.0), 4)
     with pytest.raises(SecAggError, match="misweights"):
-        ClientSession(setup, signers[SITES[0]], verifier, [np.zeros(4)], [50.0])
+        ClientSession(setup, signers[SITES[0]], verifier, [np.zeros(4)], [50.0], **ROWS)
 
 
 def test_records_arriving_out_of_order_are_refused(make_cluster) -> None:

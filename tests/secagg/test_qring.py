@@ -20,7 +20,7 @@ from fltac_secure.secagg import (
 from fltac_secure.secagg.qring import QuantRing, quant_width
 from fltac_secure.secagg.records import MaskedInput
 
-from .conftest import SITES
+from .conftest import ROWS, SITES
 
 LATE = [Stage.SHARE, Stage.MASK, Stage.CONSISTENCY, Stage.UNMASK]
 
@@ -31,7 +31,7 @@ def quant_cluster(signers, verifier, members, ring, seed, length=40, fraction=2 
     weights = {m: float(rng.integers(1, 50)) for m in members}
     setup = Setup(Context("planhash", 2, 0, 0), tuple(members), tuple(weights[m] for m in members),
                   threshold_for(len(members), fraction), ring, length)  # fmt: skip
-    clients = {m: ClientSession(setup, signers[m], verifier, [updates[m]], [weights[m]],
+    clients = {m: ClientSession(setup, signers[m], verifier, [updates[m]], [weights[m]], **ROWS,
                                 rng=np.random.default_rng([seed, i]))
                for i, m in enumerate(members)}  # fmt: skip
     ints = {}  # the plain quantised integers each member fed in: the same draws again
