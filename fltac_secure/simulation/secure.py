@@ -40,7 +40,7 @@ class LocalSecureAggregation:
         self.refusals: list[str] = []
         """Every check a member failed (it left that cluster, e.g. ``lonely_rows``), all rounds."""
         self.masked_lengths: list[int] = []
-        """The last round's masked uploads: one length per member per summed cluster (K_c wide with trim_head)."""
+        """The last round's masked uploads: one length per masked input sent (K_c wide with trim_head)."""
 
     def aggregate(self, state: ServerState, assignment: Assignment, vectors: Mapping[str, np.ndarray],
                   counts: Mapping[str, int], rngs: Mapping[str, np.random.Generator] | None = None,
@@ -62,6 +62,7 @@ class LocalSecureAggregation:
         length = len(next(iter(vectors.values())))
         sr = plan_secure_round(self.plan, self.hash, state.round, 0, assignment.labels, counts, length, head_rows)
         results = {}
+        self.masked_lengths = []
         for cid, setup in sr.setups.items():
             clients = {}
             for site in setup.members:
@@ -76,6 +77,6 @@ class LocalSecureAggregation:
                 self.refusals.append(f"round {state.round}, cluster {cid}, {site}: {exc} ({exc.reason})")
                 warnings.warn(f"secure aggregation: {exc} ({exc.reason})", stacklevel=2)
             results[cid] = run.result
-        self.masked_lengths = [setup.length for setup in sr.setups.values() for _ in setup.members]
+            self.masked_lengths += [setup.length for m in setup.members if "MaskedInput" in run.sent.get(m, [])]
         new, report = secure_outcome(state, assignment, sr, results, updates=updates)
         return resolve_own(new, vectors), report

@@ -157,10 +157,11 @@ def test_secure_trimmed_means_equal_the_plain_ones(plan, bits):
     widths = sorted({task.num_labels for task in p.tasks})
     rng = np.random.default_rng(0)
     sites = p.roster[:4]
-    keys = [f"{s}/0" for s in sites]
-    rows = {k: widths[i % len(widths)] for i, k in enumerate(keys)}  # mixed label counts
-    labels = {keys[0]: 0, keys[1]: 0, keys[2]: 1, keys[3]: 1}
-    assert rows[keys[0]] != rows[keys[1]]  # cluster 0 mixes widths
+    keys = [f"{s}/0" for s in sites] + [f"{sites[0]}/1"]
+    # cluster 0 mixes label counts, its widest held by two members (min_cluster_size: no lonely head rows);
+    # cluster 1: one width, s1's second slot
+    rows = dict(zip(keys, [widths[0], widths[1], widths[1], widths[2], widths[2]], strict=True))
+    labels = {keys[0]: 0, keys[1]: 0, keys[2]: 0, keys[3]: 1, keys[4]: 1}
     state = ServerState(round=0, k=2, vectors={k: t.canonical(t.init + 0.01 * rng.standard_normal(layout.size)
                                                              .astype(np.float32), rows[k]) for k in keys})
     trained = {k: t.canonical(v + 0.05 * rng.standard_normal(layout.size).astype(np.float32), rows[k])
@@ -202,7 +203,8 @@ def test_secure_trimmed_up_bytes_count_one_masked_vector_per_member_and_cluster(
         sites.setdefault(c, set()).add(key.rsplit("/", 1)[0])
     summed = [c for c, row in method.secure_report.items() if row["status"] == "summed"]
     assert summed and any(len({rows[k] for k, c2 in out.labels.items() if c2 == c}) > 1 for c in summed)
-    masked = [t.size(widths[c]) for c in summed for _ in sites[c]]
+    # a member whose head rows would be summed over too few members sends no masked vector (lonely_rows)
+    masked = [t.size(widths[c]) for c in summed for _ in method.secure_report[c]["survivors"]]
     n, sk = len(rows), p.clustering.sketch_dim
     assert out.up_params == sum(masked) + n * (sk + 1)
     assert out.up_bytes == sum(-(-m * ring.bits // 8) for m in masked) + n * (8 * sk + 8)
