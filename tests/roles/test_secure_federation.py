@@ -17,6 +17,10 @@ from fltac_secure.plan import Plan
 from fltac_secure.secagg import Ring
 
 SECURE = {"enabled": True}
+SAME_WIDTH = [{"name": "alpha", "labels": ["a0", "a1", "a2"], "demo_source": "synthetic"},
+              {"name": "beta", "labels": ["b0", "b1", "b2"], "demo_source": "synthetic"}]
+"""Both tasks 3 labels wide: however K-means mixes them, no head row is used by one member only, so every
+cluster is summed (mixed widths: ``test_mixed_widths_leave_lonely_rows_unsummed_as_in_the_simulator``)."""
 
 
 class RecordingAggregator:
@@ -52,7 +56,7 @@ def _recording_collaborator(fed: Fed, name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def secure_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fed, dict[str, Any]]:
-    plan = tiny_plan(secure_aggregation=SECURE)
+    plan = tiny_plan(secure_aggregation=SECURE, tasks=SAME_WIDTH)
     fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("secure") / "fed"))
     agg_obj = fed.aggregator()
     seen: list[Any] = []
@@ -78,6 +82,35 @@ def test_networked_secure_run_equals_the_secure_and_the_plain_simulation(secure_
     assert plain_labels == want_labels
     for key, vec in plain_state.vectors.items():
         np.testing.assert_allclose(run["state"].vectors[key], vec, atol=1e-4, err_msg=key)
+
+
+def test_mixed_widths_leave_lonely_rows_unsummed_as_in_the_simulator(tmp_path: Path) -> None:
+    """Tasks of 3 and 2 labels, which K-means mixes here: a member whose third head row no other member of its
+    cluster uses leaves that cluster (lonely_rows) without stopping, its other cluster goes on, and the
+    networked run still equals the secure simulation."""
+    plan = tiny_plan(secure_aggregation=SECURE)
+    fed = Fed(plan, build_federation(plan, tmp_path / "fed"))
+    agg = start(fed.aggregator())
+    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
+    state = agg.join(180)
+    assert not agg.error, agg.error
+    for name, run in cols.items():
+        run.join(60)
+        assert not run.error, (name, run.error)  # a lonely_rows refusal leaves one cluster, not the site
+    rows = [c for row in agg.obj.history for c in row["secure"].values()]
+    assert any(c["status"] == "skipped" or c.get("dropped") for c in rows)  # someone left a cluster
+    assert any(c["status"] == "summed" for c in rows)
+    with pytest.warns(UserWarning, match="lonely_rows"):
+        want_state, want_labels = simulate_fltac(fed.plan, fed.layout.root)
+    assert [row["clusters"] for row in agg.obj.history] == want_labels
+    # slots of a cluster skipped in the last round are marked own: only their sites hold those vectors
+    assert state.own
+    for key, vec in want_state.vectors.items():
+        if key not in state.own:
+            np.testing.assert_allclose(state.vectors[key], vec, atol=1e-5, err_msg=key)
+    assert sorted(state.cluster_vectors) == sorted(want_state.cluster_vectors)
+    for cid, vec in want_state.cluster_vectors.items():
+        np.testing.assert_allclose(state.cluster_vectors[cid], vec, atol=1e-5, err_msg=f"cluster {cid}")
 
 
 def test_the_aggregator_never_holds_a_sites_adapter(secure_run) -> None:
