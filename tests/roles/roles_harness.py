@@ -19,6 +19,13 @@ from fltac_secure.plan import Plan, load_site  # noqa: E402
 torch.set_num_threads(1)
 
 
+SAME_WIDTH = [{"name": "alpha", "labels": ["a0", "a1", "a2"], "demo_source": "synthetic"},
+              {"name": "beta", "labels": ["b0", "b1", "b2"], "demo_source": "synthetic"}]
+"""``tiny_plan(tasks=SAME_WIDTH)``: both tasks 3 labels wide. Under secure aggregation, however K-means mixes
+them, no head row is used by one member only, so every cluster is summed (with mixed widths members leave
+clusters with lonely rows: ``test_mixed_widths_leave_lonely_rows_unsummed_as_in_the_simulator``)."""
+
+
 def tiny_plan(sites: int = 3, rounds: int = 2, *, round_s: float = 60.0, quorum: int = 2, **over: Any) -> Plan:
     """3 sites, 2 synthetic tasks, tiny-bert: a round takes about a second."""
     data: dict[str, Any] = {

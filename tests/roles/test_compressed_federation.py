@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import Fed, start, tiny_plan
+from roles_harness import SAME_WIDTH, Fed, start, tiny_plan
 
 from fltac_secure.data.layout import load_federated_dir
 from fltac_secure.federation.demo import build_federation
@@ -184,7 +184,8 @@ def test_secure_aggregation_of_quantised_updates_equals_the_simulator(
     from fltac_secure.simulation.context import SimContext
     from fltac_secure.simulation.methods import FLTAC
 
-    plan = tiny_plan(compression={"bits": 8, "secure_clip": 0.2}, secure_aggregation={"enabled": True})
+    plan = tiny_plan(compression={"bits": 8, "secure_clip": 0.2}, secure_aggregation={"enabled": True},
+                     tasks=SAME_WIDTH)
     fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("secure") / "fed"))
     run = run_seeded(fed)
     state, history = run["state"], run["history"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import Fed, start, tiny_plan
+from roles_harness import SAME_WIDTH, Fed, start, tiny_plan
 from test_federation import assert_same_state, simulate_fltac
 
 from fltac_secure.federation import secure_messages as sm
@@ -17,10 +17,6 @@ from fltac_secure.plan import Plan
 from fltac_secure.secagg import Ring
 
 SECURE = {"enabled": True}
-SAME_WIDTH = [{"name": "alpha", "labels": ["a0", "a1", "a2"], "demo_source": "synthetic"},
-              {"name": "beta", "labels": ["b0", "b1", "b2"], "demo_source": "synthetic"}]
-"""Both tasks 3 labels wide: however K-means mixes them, no head row is used by one member only, so every
-cluster is summed (mixed widths: ``test_mixed_widths_leave_lonely_rows_unsummed_as_in_the_simulator``)."""
 
 
 class RecordingAggregator:
