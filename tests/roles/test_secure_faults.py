@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fault_reference import full_participation, read_outputs, simulate
 from proc_harness import RoleProc, cleanup, history, launch, report, start_federation, wait_exit, wait_until
-from roles_harness import Fed, make_fed, start, tiny_plan
+from roles_harness import SAME_WIDTH, Fed, make_fed, start, tiny_plan
 
 from fltac_secure.data.layout import AGGREGATOR
 from fltac_secure.federation import secure_messages as sm
@@ -163,7 +163,7 @@ def test_sites_killed_after_their_keys_and_after_their_masked_vector(tmp_path: P
 def test_aggregator_killed_mid_protocol_restarts_the_round_with_fresh_keys(tmp_path: Path) -> None:
     """The aggregator is SIGKILLed during round 1's key exchange and started again: the run equals an uninterrupted one."""
     timeouts = {**TIMEOUTS, "round_s": 30}
-    plan = tiny_plan(rounds=2, timeouts=timeouts, secure_aggregation={"enabled": True})
+    plan = tiny_plan(rounds=2, timeouts=timeouts, secure_aggregation={"enabled": True}, tasks=SAME_WIDTH)
     fed = make_fed(tmp_path / "fed", plan)
     procs: dict[str, RoleProc] = {}
     try:
@@ -197,7 +197,7 @@ def test_a_site_revoked_between_rounds_is_left_out_of_the_next(tmp_path: Path) -
     from fltac_secure.pki import revoke
 
     timeouts = {"handshake_s": 5, "round_s": 30, "idle_s": 30, "join_s": 5}
-    plan = tiny_plan(rounds=2, timeouts=timeouts, secure_aggregation={"enabled": True})
+    plan = tiny_plan(rounds=2, timeouts=timeouts, secure_aggregation={"enabled": True}, tasks=SAME_WIDTH)
     fed = make_fed(tmp_path / "fed", plan)
     agg_obj = fed.aggregator(join_window=None)
 
