@@ -3,7 +3,7 @@
 1. Accuracy: FL-TAC (rank 1) on ``plans/bench-4task.yaml`` at epsilon in
    ``--epsilons`` (default 1, 4, 8, inf; delta 1e-5, noise derived per slot
    from the target over all planned rounds, RDP accountant) with the plan's
-   DP recipe (privacy section defaults: SGD, large Poisson batches, few steps
+   DP recipe (privacy section defaults: SGD, large Poisson batches, 10 steps
    per round, LoRA A frozen, no noise on unused head rows), over ``--seeds``
    seeds (partition and training seed), reported as mean and sd with the ARI
    of the clusters per round. One extra row, ``eps=8 old``, runs the settings
