@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from fltac_secure.errors import ProtocolError
 from fltac_secure.federation import messages as fm
+from fltac_secure.federation.console import EventLog
+from fltac_secure.federation.rounds import slot_key
+from fltac_secure.plan import Plan
 from fltac_secure.transport.envelope import Message
 
 
@@ -91,3 +97,39 @@ def missed_reasons(roster: list[str], participants: list[str], sketched: list[st
 def join_of(msg: Message, share_task_names: bool, label_counts: list[int] | None = None) -> Member:
     j = fm.parse_join(msg, share_task_names=share_task_names, label_counts=label_counts)
     return Member(msg.sender, j.counts, j.tasks, (j.last_round, j.last_kind), j.labels)
+
+
+def admit_join(peer: str, msg: Message, plan: Plan, known: Member | None, label_counts: list[int] | None,
+               log: EventLog) -> Member | None:
+    """The member a JOIN announces, or None (logged) if it is refused: malformed, more slots than the plan
+    has tasks, or a site that changes its slots or label counts (a site keeps its tasks for the whole
+    federation)."""
+    try:
+        member = join_of(msg, plan.privacy.share_task_names, label_counts)
+    except ProtocolError as exc:
+        log.warn(f"refused JOIN from {peer}: {exc}")
+        return None
+    if member.slots > len(plan.tasks):
+        log.warn(f"refused JOIN from {peer}: {member.slots} task slots, the plan has {len(plan.tasks)} tasks")
+        return None
+    if known is not None and known.slots != member.slots:
+        log.error(f"{peer} now announces {member.slots} task slots instead of {known.slots}; ignoring it "
+                  "(a site keeps its tasks for the whole federation)")
+        return None
+    if known is not None and known.labels != member.labels:
+        log.error(f"{peer} now announces label counts {member.labels} instead of {known.labels}; ignoring "
+                  "it (a site keeps its tasks for the whole federation)")
+        return None
+    return member
+
+
+def collect_sketches(phase: Phase, sites: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Sketches and counts keyed by slot, in roster then slot order (the simulator's order)."""
+    sketches: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for s in sites:
+        sk, cn = phase.answers[s]
+        for i in sorted(sk):
+            sketches[slot_key(s, i)] = np.asarray(sk[i], dtype=np.float64)
+            counts[slot_key(s, i)] = cn[i]
+    return sketches, counts

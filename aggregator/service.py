@@ -38,7 +38,7 @@ import numpy as np
 
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.final import FinalPhase, finish, on_join
-from aggregator.phases import Member, Phase, join_of, missed_reasons
+from aggregator.phases import Member, Phase, admit_join, collect_sketches, missed_reasons
 from aggregator.wire import MemberWires
 from fltac_secure.errors import CompressionError, FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
@@ -236,22 +236,8 @@ class Aggregator:
         return True  # DONE
 
     def _on_join(self, peer: str, msg: Message) -> None:
-        try:
-            member = join_of(msg, self.plan.privacy.share_task_names, self.wires.label_counts)
-        except ProtocolError as exc:
-            self.log.warn(f"refused JOIN from {peer}: {exc}")
-            return
-        if member.slots > len(self.plan.tasks):
-            self.log.warn(f"refused JOIN from {peer}: {member.slots} task slots, the plan has {len(self.plan.tasks)} tasks")
-            return
-        known = self.members.get(peer)
-        if known is not None and known.slots != member.slots:
-            self.log.error(f"{peer} now announces {member.slots} task slots instead of {known.slots}; ignoring it "
-                           "(a site keeps its tasks for the whole federation)")
-            return
-        if known is not None and known.labels != member.labels:
-            self.log.error(f"{peer} now announces label counts {member.labels} instead of {known.labels}; ignoring "
-                           "it (a site keeps its tasks for the whole federation)")
+        member = admit_join(peer, msg, self.plan, self.members.get(peer), self.wires.label_counts, self.log)
+        if member is None:
             return
         if peer not in self.joined:
             self.log.good(f"{peer} joined with {member.slots} task slot(s)")
@@ -323,7 +309,7 @@ class Aggregator:
         sketched = sketch_phase.answered_in(self.plan.roster)
         if len(sketched) < quorum:
             return f"{len(sketched)} site(s) sent sketches within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
-        sketches, counts = self._collect_sketches(sketch_phase, sketched)
+        sketches, counts = collect_sketches(sketch_phase, sketched)
         assignment = server_assign(state, sketches, self.plan)
         moved = (f" ({assignment.clusters.moved} slot(s) moved so that a site's slots sit in distinct clusters)"
                  if assignment.clusters.moved else "")
@@ -414,17 +400,6 @@ class Aggregator:
         assert self.server is not None
         clusters = [assignment.labels.get(slot_key(site, i), -1) for i in range(self.members[site].slots)]
         return self.server.message(fm.ASSIGNMENT, round=r, meta={"clusters": clusters})
-
-    def _collect_sketches(self, phase: Phase, sites: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Sketches and counts keyed by slot, in roster then slot order (the simulator's order)."""
-        sketches: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
-        for s in sites:
-            sk, cn = phase.answers[s]
-            for i in sorted(sk):
-                sketches[slot_key(s, i)] = np.asarray(sk[i], dtype=np.float64)
-                counts[slot_key(s, i)] = cn[i]
-        return sketches, counts
 
     def _commit(self, new: ServerState, report: RoundReport, sketches: dict[str, np.ndarray]) -> None:
         from aggregator.outputs import record_round
