@@ -125,3 +125,23 @@ class Fed:
 def make_fed(root: Path, plan: Plan | None = None) -> Fed:
     plan = plan or tiny_plan()
     return Fed(plan, build_federation(plan, root))
+
+
+def restart_after_round_0(fed: Fed) -> tuple[Any, Any]:
+    """Run ``fed`` with its aggregator killed after round 0's checkpoint and a new one started over the same
+    workspace; every role must end cleanly. Returns the second aggregator and its final state."""
+    from aggregator.service import Faults, SimulatedCrash
+
+    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
+    first = start(fed.aggregator(faults=Faults(crash_after_round=0)))
+    first.join(120)
+    assert first.error and isinstance(first.error[0], SimulatedCrash)
+    second_obj = fed.aggregator()
+    second = start(second_obj)
+    state = second.join(180)
+    assert not second.error, second.error
+    assert [row["round"] for row in second_obj.history] == [0, 1]  # round 0 from the checkpoint, then round 1
+    for run in cols.values():
+        run.join(60)
+        assert not run.error, run.error
+    return second_obj, state

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from roles_harness import Fed, make_fed, start, tiny_plan
+from roles_harness import Fed, make_fed, restart_after_round_0, start, tiny_plan
 from test_federation import assert_same_state, simulate_fltac
 
 from fltac_secure.errors import TransportError
@@ -46,21 +46,8 @@ def test_site_dies_mid_round_then_rejoins(tmp_path: Path) -> None:
 
 
 def test_aggregator_restart_resumes_and_matches(tmp_path: Path) -> None:
-    from aggregator.service import Faults, SimulatedCrash
-
     fed = make_fed(tmp_path / "fed", tiny_plan(rounds=2))
-    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
-    first = start(fed.aggregator(faults=Faults(crash_after_round=0)))
-    first.join(120)
-    assert first.error and isinstance(first.error[0], SimulatedCrash)
-    second_obj = fed.aggregator()
-    second = start(second_obj)
-    state = second.join(180)
-    assert not second.error, second.error
-    assert [row["round"] for row in second_obj.history] == [0, 1]  # round 0 from the checkpoint, then round 1
-    for run in cols.values():
-        run.join(60)
-        assert not run.error, run.error
+    second_obj, state = restart_after_round_0(fed)
     want, labels = simulate_fltac(fed.plan, fed.layout.root)
     assert [row["clusters"] for row in second_obj.history] == labels
     assert_same_state(state, want)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from roles_harness import SAME_WIDTH, Fed, start, tiny_plan
-from test_federation import assert_same_state, simulate_fltac
+from test_federation import assert_same_state, run_federation, simulate_fltac
 
 from fltac_secure.federation import secure_messages as sm
 from fltac_secure.federation.demo import build_federation
@@ -86,19 +86,14 @@ def test_mixed_widths_leave_lonely_rows_unsummed_as_in_the_simulator(tmp_path: P
     networked run still equals the secure simulation."""
     plan = tiny_plan(secure_aggregation=SECURE)
     fed = Fed(plan, build_federation(plan, tmp_path / "fed"))
-    agg = start(fed.aggregator())
-    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
-    state = agg.join(180)
-    assert not agg.error, agg.error
-    for name, run in cols.items():
-        run.join(60)
-        assert not run.error, (name, run.error)  # a lonely_rows refusal leaves one cluster, not the site
-    rows = [c for row in agg.obj.history for c in row["secure"].values()]
+    run = run_federation(fed)  # no role stops: a lonely_rows refusal leaves one cluster, not the site
+    state, history = run["state"], run["history"]
+    rows = [c for row in history for c in row["secure"].values()]
     assert any(c["status"] == "skipped" or c.get("dropped") for c in rows)  # someone left a cluster
     assert any(c["status"] == "summed" for c in rows)
     with pytest.warns(UserWarning, match="lonely_rows"):
         want_state, want_labels = simulate_fltac(fed.plan, fed.layout.root)
-    assert [row["clusters"] for row in agg.obj.history] == want_labels
+    assert [row["clusters"] for row in history] == want_labels
     # slots of a cluster skipped in the last round are marked own: only their sites hold those vectors
     assert state.own
     for key, vec in want_state.vectors.items():

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import Fed, make_fed, start, tiny_plan
+from roles_harness import Fed, make_fed, restart_after_round_0, start, tiny_plan
 
 from fltac_secure.data.layout import load_federated_dir
 from fltac_secure.federation import messages as fm
@@ -271,21 +271,8 @@ def test_audit_counts_the_trimmed_slots(trimmed_run: tuple[Fed, dict[str, Any]],
 def test_aggregator_restart_keeps_trimming(tmp_path: Path) -> None:
     """Killed after round 0's checkpoint, a new aggregator knows the sites' label counts from it and the run
     still ends in the simulator's state, bit for bit."""
-    from aggregator.service import Faults, SimulatedCrash
-
     fed = make_fed(tmp_path / "fed", tiny_plan(rounds=2, compression={"trim_head": True}))
-    cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
-    first = start(fed.aggregator(faults=Faults(crash_after_round=0)))
-    first.join(120)
-    assert first.error and isinstance(first.error[0], SimulatedCrash)
-    second_obj = fed.aggregator()
-    second = start(second_obj)
-    state = second.join(180)
-    assert not second.error, second.error
-    assert [row["round"] for row in second_obj.history] == [0, 1]
-    for r in cols.values():
-        r.join(60)
-        assert not r.error, r.error
+    second_obj, state = restart_after_round_0(fed)
     method, labels = simulate(fed)
     assert [row["clusters"] for row in second_obj.history] == labels
     for key, vec in method.state.vectors.items():
