@@ -24,6 +24,7 @@ written under ``--work`` unless ``--results`` is given.
 
     .venv/bin/python benchmarks/communication.py                      # bench-4task, 3 seeds
     .venv/bin/python benchmarks/communication.py --quick --seeds 1 --only fltac-r1-b8
+    .venv/bin/python benchmarks/communication.py --resume          # only the (variant, seed) runs not saved yet
 
 Writes RESULTS/communication.{json,md,png} (accuracy against upload bytes per round).
 """
@@ -132,6 +133,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-bench-communication")
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the saved (variant, seed) runs of the same setup and run only what is missing")
     args = ap.parse_args()
     if args.results is None:
         args.results = args.work / "results" if args.quick else RESULTS
@@ -155,9 +158,18 @@ def main() -> None:
                      f"{'on (secure_clip ' + str(args.secure_clip) + ')' if base.secure_aggregation.enabled else 'off'}",
             "command": "python benchmarks/communication.py " + " ".join(sys.argv[1:])}
     results: dict[str, Any] = {}
+    saved = args.results / "communication.json"
+    if args.resume and saved.exists():
+        old = json.loads(saved.read_text())
+        if old["meta"]["setup"] != meta["setup"]:
+            raise SystemExit(f"saved results in {saved} are from another setup; run without --resume")
+        results = old["variants"]
     for seed in range(args.seeds):
+        todo = [n for n in names if str(seed) not in results.get(n, {}).get("per_seed", {})]
+        if not todo:
+            continue
         data = cap_tests(build_federated_data(make_plan(args.plan, size, 1, None, seed)), size["test_cap"], seed)
-        for name in names:
+        for name in todo:
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed} ...", flush=True)
             rec = run_one(name, variant_plan(args, size, name, seed), data, args.work / f"seed{seed}")
             results.setdefault(name, {"per_seed": {}})["per_seed"][str(seed)] = rec
