@@ -64,7 +64,10 @@ def test_a_stopped_role_says_what_is_saved_and_how_to_resume(tmp_path: Path, rol
     cmd = [sys.executable, "-c", "import sys; from fltac_secure.cli import main; main(sys.argv[1:])",
            role, "start", "--plan", plan, "--site", site, "--threads", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    # a shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that; give the role
+    # the default disposition, as a terminal would
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # wait until it is under way
