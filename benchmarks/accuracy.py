@@ -15,12 +15,14 @@ about an hour on 2 idle cores; ``--quick`` is a smoke run of a few minutes per
 row and writes under ``--work`` unless ``--results`` is given, so it never
 overwrites the committed results. After each (variant, seed) the partial
 results are written; ``--resume`` runs only what is missing, ``--only``
-re-runs chosen variants and merges them in.
+re-runs chosen variants and merges them in. Jobs run side by side (each with
+its own ``--results`` and ``--work``) are joined with ``--merge``.
 
     .venv/bin/python benchmarks/accuracy.py                                   # bench-4task, 3 seeds
     .venv/bin/python benchmarks/accuracy.py --plan plans/bench-conflict.yaml  # writes accuracy-conflict.*
     .venv/bin/python benchmarks/accuracy.py --quick --seeds 1 --only fltac-r1,fedit-r1
     .venv/bin/python benchmarks/accuracy.py --resume
+    .venv/bin/python benchmarks/accuracy.py --merge /tmp/lane1/accuracy.json /tmp/lane2/accuracy.json
 
 Writes RESULTS/<name>.{json,md}, <name>.png (mean accuracy per round over the
 seeds, all variants) and <name>_clusters_<variant>.png (first seed), where
@@ -129,6 +131,29 @@ def run_variant(name: str, plan: Any, data: Any, out: Path, ctx: Any, clusters_t
     return rec
 
 
+def merge_results(paths: list[Path], setup: str) -> tuple[dict[str, Any], str]:
+    """The union of the (variant, seed) runs in ``paths``, all of ``setup``; a run that differs between files is refused."""
+    merged: dict[str, Any] = {}
+    machine = ""
+    for path in paths:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"cannot read results file {path}: {exc}") from exc
+        if saved.get("meta", {}).get("setup") != setup:
+            raise SystemExit(f"{path} holds results of another setup ({saved.get('meta', {}).get('setup')!r}); "
+                             f"merge only files of this plan and size: {setup!r}")
+        machine = machine or saved["meta"].get("machine", "")
+        for vname, row in saved["variants"].items():
+            into = merged.setdefault(vname, {"per_seed": {}})["per_seed"]
+            for seed, rec in row["per_seed"].items():
+                if seed in into and into[seed]["mean_accuracy"] != rec["mean_accuracy"]:
+                    raise SystemExit(f"{vname} seed {seed} differs between the merged files "
+                                     f"({into[seed]['mean_accuracy']} vs {rec['mean_accuracy']}); keep one")
+                into.setdefault(seed, rec)
+    return merged, machine
+
+
 def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, name: str) -> None:
     from fltac_secure.simulation.report import plot_accuracy
 
@@ -158,6 +183,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a clustering setting, e.g. --set distinct_per_site=false (repeatable)")
     ap.add_argument("--name", default=None, help="results file stem (default: from the plan, e.g. accuracy)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="run nothing: merge the (variant, seed) runs of these results files (same setup, e.g. "
+                         "written by jobs run side by side with --results elsewhere) into the saved results")
     args = ap.parse_args()
     args.clustering = {}
     for item in args.set:
@@ -202,6 +230,11 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     saved = args.results / f"{name}.json"
     results: dict[str, Any] = {}
+    if args.merge:
+        results, meta["machine"] = merge_results([saved, *args.merge] if saved.exists() else args.merge, meta["setup"])
+        write_report({n: results[n] for n in VARIANTS if n in results}, meta, args.results, name)
+        print(f"merged {len(args.merge)} file(s); wrote {args.results}/{name}.{{json,md,png}}")
+        return
     if (args.only or args.resume) and saved.exists():
         old = json.loads(saved.read_text())
         if old["meta"]["setup"] == meta["setup"]:

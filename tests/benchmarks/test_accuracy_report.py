@@ -10,7 +10,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from accuracy import results_name  # noqa: E402
+import json  # noqa: E402
+
+from accuracy import merge_results, results_name  # noqa: E402
 from accuracy_report import mean_sd, paired, summarise, verdict  # noqa: E402
 
 
@@ -45,3 +47,22 @@ def test_paired_differences_and_ties() -> None:
 def test_results_names() -> None:
     assert results_name(Path("plans/bench-4task.yaml")) == "accuracy"
     assert results_name(Path("plans/bench-conflict.yaml")) == "accuracy-conflict"
+
+
+def _saved(path: Path, setup: str, rows: dict) -> Path:
+    path.write_text(json.dumps({"meta": {"setup": setup, "machine": "2 cores"}, "variants": rows}))
+    return path
+
+
+def test_merge_joins_side_by_side_runs_and_refuses_mismatches(tmp_path: Path) -> None:
+    a = _saved(tmp_path / "a.json", "S", {"x": {"per_seed": {"0": _rec(0.8, 0)}}})
+    b = _saved(tmp_path / "b.json", "S", {"x": {"per_seed": {"1": _rec(0.9, 0)}}, "y": {"per_seed": {"0": _rec(0.7, 0)}}})
+    merged, machine = merge_results([a, b], "S")
+    assert sorted(merged["x"]["per_seed"]) == ["0", "1"] and list(merged["y"]["per_seed"]) == ["0"]
+    assert machine == "2 cores"
+    with pytest.raises(SystemExit, match="another setup"):
+        merge_results([a, _saved(tmp_path / "c.json", "T", {})], "S")
+    with pytest.raises(SystemExit, match="differs between"):
+        merge_results([a, _saved(tmp_path / "d.json", "S", {"x": {"per_seed": {"0": _rec(0.5, 0)}}})], "S")
+    with pytest.raises(SystemExit, match="cannot read"):
+        merge_results([tmp_path / "missing.json"], "S")
