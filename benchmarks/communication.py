@@ -8,6 +8,8 @@ sketches, counts; under secure aggregation the masked vectors, without the
 protocol's keys and shares, which ``benchmarks/secagg.py`` measures):
 
     fltac-r1-b32  fltac-r1-b8  fltac-r1-b4          LoRA A and B trained and sent
+    fltac-r1-trim-b32  ...-trim-b8  ...-trim-b4     A and B trained, only the head rows of each
+                                                    slot's task (compression.trim_head)
     fltac-r1-ffa-b32  fltac-r1-ffa-b8  fltac-r1-ffa-b4   FFA-LoRA: B and the head only
     fltac-r1-ffa-trim-b32  ...-trim-b8  ...-trim-b4     FFA-LoRA, and only the head rows of each slot's
                                                     task (compression.trim_head; under secure
@@ -46,6 +48,8 @@ from accuracy_report import mean_sd  # noqa: E402
 VARIANTS = {  # name -> (method, rank, bits, train LoRA A, trim the head to the task's rows)
     "fltac-r1-b32": ("fltac", 1, 32, True, False), "fltac-r1-b8": ("fltac", 1, 8, True, False),
     "fltac-r1-b4": ("fltac", 1, 4, True, False),
+    "fltac-r1-trim-b32": ("fltac", 1, 32, True, True), "fltac-r1-trim-b8": ("fltac", 1, 8, True, True),
+    "fltac-r1-trim-b4": ("fltac", 1, 4, True, True),
     "fltac-r1-ffa-b32": ("fltac", 1, 32, False, False), "fltac-r1-ffa-b8": ("fltac", 1, 8, False, False),
     "fltac-r1-ffa-b4": ("fltac", 1, 4, False, False),
     "fltac-r1-ffa-trim-b32": ("fltac", 1, 32, False, True), "fltac-r1-ffa-trim-b8": ("fltac", 1, 8, False, True),
@@ -99,7 +103,34 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         ratio = f"{ref / s['up_bytes_per_round']:.2f}x fewer" if ref else "-"
         rows.append(f"| {name} | {s['bits']} | {acc['mean']:.3f} ± {acc['sd']:.3f} (n={acc['n']}) | "
                     f"{s['up_bytes_per_round']:,} | {s['down_bytes_per_round']:,} | {ratio} |")
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + ["", *targets(results)]) + "\n"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Each compressed variant against the issue's targets: accuracy within 0.5 points of float32 FL-TAC r1,
+    >= 6x fewer upload bytes than it, >= 16x fewer bytes up + down than FedIT r8 in float32."""
+    ref = results.get("fltac-r1-b32", {}).get("summary")
+    if ref is None:
+        return ["## Targets", "", "- no fltac-r1-b32 row yet: nothing to compare against"]
+    fedit = results.get("fedit-r8-b32", {}).get("summary")
+    out = ["## Targets", "",
+           "Against fltac-r1-b32 (float32 FL-TAC r1): at most 0.5 points less mean accuracy, at least 6x fewer upload "
+           "bytes; against fedit-r8-b32 (FedIT r8, float32): at least 16x fewer bytes up + down per round.", ""]
+    for name, row in results.items():
+        s = row["summary"]
+        if name in ("fltac-r1-b32", "fedit-r8-b32"):
+            continue
+        drop = 100 * (ref["mean_accuracy"]["mean"] - s["mean_accuracy"]["mean"])
+        up = ref["up_bytes_per_round"] / s["up_bytes_per_round"]
+        text = (f"- {name}: {-drop:+.1f} points ({'met' if drop <= 0.5 else 'missed'}), upload {up:.1f}x fewer "
+                f"({'met' if up >= 6 else 'missed'})")
+        if fedit:
+            total = (fedit["up_bytes_per_round"] + fedit["down_bytes_per_round"]) / (
+                s["up_bytes_per_round"] + s["down_bytes_per_round"])
+            text += f", up + down {total:.1f}x fewer than FedIT r8 ({'met' if total >= 16 else 'missed'})"
+        seeds = min(ref["mean_accuracy"]["n"], s["mean_accuracy"]["n"])
+        out.append(f"{text}; {seeds} seed(s)")
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
