@@ -21,7 +21,9 @@ Invariants, all from how ``aggregator/service.py`` builds its state:
   sketch dimension, accumulated sketch sums too (and only for slots with a
   vector), and all of them are finite;
 - cluster ids (labels, cluster vectors, centroids) are in ``0..k-1`` and
-  labels name slots that have vectors.
+  labels name slots that have vectors;
+- a rounding key (for quantised downloads) exists exactly under
+  ``compression.download_bits`` < 32.
 """
 
 from __future__ import annotations
@@ -50,13 +52,15 @@ class PlanFacts:
     vector_size: int
     sketch_dim: int
     label_counts: frozenset[int] | None = None  # compression.trim_head: the tasks' label counts
+    download: bool = False  # compression.download_bits < 32: the state holds a rounding key
 
     @classmethod
     def of(cls, plan: Plan, vector_size: int) -> PlanFacts:
         """Facts of ``plan``; ``vector_size`` is its adapter size (``adapter_layout(plan).size``)."""
         labels = frozenset(t.num_labels for t in plan.tasks) if plan.compression.trim_head else None
         return cls(k=plan.k, rounds=plan.rounds, roster=frozenset(plan.roster), n_tasks=len(plan.tasks),
-                   vector_size=int(vector_size), sketch_dim=plan.clustering.sketch_dim, label_counts=labels)
+                   vector_size=int(vector_size), sketch_dim=plan.clustering.sketch_dim, label_counts=labels,
+                   download=plan.compression.download)
 
 
 def checkpoint_problems(state: ServerState, members: Mapping[str, Any], tasks: Mapping[str, Any],
@@ -71,6 +75,9 @@ def checkpoint_problems(state: ServerState, members: Mapping[str, Any], tasks: M
     out += _vector_problems(state, members, facts)
     out += _cluster_problems(state, facts)
     out += _sketch_sum_problems(state, facts)
+    if facts.download != (state.rounding_key is not None):
+        out.append("the state has a rounding key but compression.download_bits is 32" if state.rounding_key
+                   else "compression.download_bits is below 32 but the state has no rounding key")
     return out
 
 

@@ -43,6 +43,7 @@ from aggregator.wire import MemberWires
 from fltac_secure.errors import CompressionError, FltacError, ProtocolError, StateError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
+from fltac_secure.federation.compressed import keep_exact, new_rounding_key
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.rounds import (
@@ -79,6 +80,8 @@ class Faults:
 
     crash_after_round: int | None = None
     crash_after_final: int | None = None
+    rounding_key: bytes | None = None
+    """compression.download_bits: this key instead of a random one at round 0 (to compare with the simulator)."""
 
 
 @dataclass
@@ -175,7 +178,8 @@ class Aggregator:
             self.history = ckpt.history
             self.log.info(f"resuming from checkpoint: round {ckpt.state.round} of {self.plan.rounds}")
             return ckpt.state
-        return ServerState(round=0, k=self.plan.k, vectors={})
+        key = self.faults.rounding_key if self.faults.rounding_key is not None else new_rounding_key(self.plan)
+        return ServerState(round=0, k=self.plan.k, vectors={}, rounding_key=key if self.plan.compression.download else None)
 
     def _serve(self, state: ServerState) -> ServerState:
         if state.round < self.plan.rounds:  # after the last round, the final phase waits for sites itself
@@ -303,6 +307,7 @@ class Aggregator:
         if len(parts) < quorum:
             return f"{len(parts)} site(s) connected, quorum is {quorum}"
         self._ensure_slots(state, parts)
+        exact, state = state, self.wires.started(state, self.members)  # download_bits: the rounded starts
         self.log.info(f"round {r}: ROUND_START to {len(parts)} site(s): {', '.join(parts)}")
         sketch_phase = self._broadcast(parts, fm.ROUND_START, fm.SKETCHES, r,
                                        lambda s: self._start_message(state, s, r))
@@ -345,6 +350,8 @@ class Aggregator:
                                    head_rows=self.wires.head_rows(self.members, sub.labels))
             extra, ignored, labels = {}, sketch_phase.ignored + update_phase.ignored, dict(sub.labels)
         extra = {**extra, "separation": sep, "kept_clusters": assignment.clusters.kept}
+        if self.plan.compression.download:  # the exact means are kept; slots that sat out keep their exact vector
+            new = keep_exact(new, state, exact)
         report = RoundReport(r, attempt, parts, sketched, updated, dict(labels), ignored, time.monotonic() - started,
                              missed_reasons(self.plan.roster, parts, sketched, updated), extra)
         self._commit(new, report, sketches)
@@ -391,10 +398,9 @@ class Aggregator:
     def _start_message(self, state: ServerState, site: str, r: int) -> Message:
         assert self.server is not None
         n = self.members[site].slots
-        vecs = {i: state.vectors[slot_key(site, i)] for i in range(n)}
         own = {i: state.own[slot_key(site, i)] for i in range(n) if slot_key(site, i) in state.own}
-        return self.server.message(fm.ROUND_START, round=r, meta=sm.own_meta(own),
-                                   tensors=self.wires.vector_tensors(self.members[site], vecs))
+        header, tensors = self.wires.start_parts(self.members[site], state, site)
+        return self.server.message(fm.ROUND_START, round=r, meta={**sm.own_meta(own), **header}, tensors=tensors)
 
     def _assignment_message(self, assignment: Assignment, site: str, r: int) -> Message:
         assert self.server is not None

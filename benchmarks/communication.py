@@ -14,6 +14,8 @@ protocol's keys and shares, which ``benchmarks/secagg.py`` measures):
     fltac-r1-ffa-trim-b32  ...-trim-b8  ...-trim-b4     FFA-LoRA, and only the head rows of each slot's
                                                     task (compression.trim_head; under secure
                                                     aggregation each cluster is K_c rows wide)
+    fltac-r1-trim-b8-d8  fltac-r1-trim-b4-d4        ... and the ROUND_START vectors quantised too
+    fltac-r1-ffa-trim-b8-d8  ...-ffa-trim-b4-d4     (compression.download_bits: 8 or 4 bits down)
     fedit-r8-b32                                    FedIT r8 in float32, the comparison the issue names
 
 ``--secure on|off`` overrides the plan's secure aggregation (bench-4task has it
@@ -45,29 +47,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, chosen_variants, make_plan  # noqa: E402
 from accuracy_report import mean_sd  # noqa: E402
 
-VARIANTS = {  # name -> (method, rank, bits, train LoRA A, trim the head to the task's rows)
-    "fltac-r1-b32": ("fltac", 1, 32, True, False), "fltac-r1-b8": ("fltac", 1, 8, True, False),
-    "fltac-r1-b4": ("fltac", 1, 4, True, False),
-    "fltac-r1-trim-b32": ("fltac", 1, 32, True, True), "fltac-r1-trim-b8": ("fltac", 1, 8, True, True),
-    "fltac-r1-trim-b4": ("fltac", 1, 4, True, True),
-    "fltac-r1-ffa-b32": ("fltac", 1, 32, False, False), "fltac-r1-ffa-b8": ("fltac", 1, 8, False, False),
-    "fltac-r1-ffa-b4": ("fltac", 1, 4, False, False),
-    "fltac-r1-ffa-trim-b32": ("fltac", 1, 32, False, True), "fltac-r1-ffa-trim-b8": ("fltac", 1, 8, False, True),
-    "fltac-r1-ffa-trim-b4": ("fltac", 1, 4, False, True),
-    "fedit-r8-b32": ("fedit", 8, 32, True, False),
+VARIANTS = {  # name -> (method, rank, bits up, train LoRA A, trim the head to the task's rows, bits down)
+    "fltac-r1-b32": ("fltac", 1, 32, True, False, 32), "fltac-r1-b8": ("fltac", 1, 8, True, False, 32),
+    "fltac-r1-b4": ("fltac", 1, 4, True, False, 32),
+    "fltac-r1-trim-b32": ("fltac", 1, 32, True, True, 32), "fltac-r1-trim-b8": ("fltac", 1, 8, True, True, 32),
+    "fltac-r1-trim-b4": ("fltac", 1, 4, True, True, 32),
+    "fltac-r1-trim-b8-d8": ("fltac", 1, 8, True, True, 8), "fltac-r1-trim-b4-d4": ("fltac", 1, 4, True, True, 4),
+    "fltac-r1-ffa-b32": ("fltac", 1, 32, False, False, 32), "fltac-r1-ffa-b8": ("fltac", 1, 8, False, False, 32),
+    "fltac-r1-ffa-b4": ("fltac", 1, 4, False, False, 32),
+    "fltac-r1-ffa-trim-b32": ("fltac", 1, 32, False, True, 32),
+    "fltac-r1-ffa-trim-b8": ("fltac", 1, 8, False, True, 32), "fltac-r1-ffa-trim-b4": ("fltac", 1, 4, False, True, 32),
+    "fltac-r1-ffa-trim-b8-d8": ("fltac", 1, 8, False, True, 8),
+    "fltac-r1-ffa-trim-b4-d4": ("fltac", 1, 4, False, True, 4),
+    "fedit-r8-b32": ("fedit", 8, 32, True, False, 32),
 }
 
 
 def variant_plan(args: argparse.Namespace, size: dict[str, int], name: str, seed: int) -> Any:
     from fltac_secure.plan.schema import Plan
 
-    _, rank, bits, train_a, trim = VARIANTS[name]
+    _, rank, bits, train_a, trim, down = VARIANTS[name]
     raw = make_plan(args.plan, size, rank, None, seed).model_dump()
     raw["model"]["lora"]["train_a"] = train_a
     if args.secure != "plan":
         raw["secure_aggregation"]["enabled"] = args.secure == "on"
     raw["compression"] = {"bits": bits, "block_size": args.block_size, "secure_clip": args.secure_clip,
-                          "trim_head": trim}
+                          "trim_head": trim, "download_bits": down}
     return Plan.model_validate(raw)
 
 
@@ -80,7 +85,8 @@ def run_one(name: str, plan: Any, data: Any, out: Path) -> dict[str, Any]:
     final = res.final
     return {"mean_accuracy": final["mean_accuracy"], "up_bytes_per_round": final["up_bytes"],
             "down_bytes_per_round": final["down_bytes"], "up_params_per_round": final["up_params"],
-            "bits": final["bits"], "wall_s": round(time.perf_counter() - t0, 1),
+            "bits": final["bits"], "download_bits": plan.compression.download_bits,
+            "wall_s": round(time.perf_counter() - t0, 1),
             "curve": [r.get("mean_accuracy") for r in res.rounds]}
 
 
@@ -88,20 +94,22 @@ def summary(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     recs = [per_seed[s] for s in sorted(per_seed, key=int)]
     first = recs[0]
     return {"mean_accuracy": mean_sd([r["mean_accuracy"] for r in recs]), "seeds": len(recs),
+            "download_bits": first.get("download_bits", 32),
             **{k: first[k] for k in ("up_bytes_per_round", "down_bytes_per_round", "up_params_per_round", "bits")}}
 
 
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     rows = [f"# Communication: accuracy against bytes per round ({meta['plan']})", "", meta["setup"], "",
             f"Command: `{meta['command']}`", "",
-            "| variant | bits | mean accuracy | up bytes / round | down bytes / round | up vs fltac-r1-b32 |",
-            "|---|---:|---:|---:|---:|---:|"]
+            "| variant | bits up | bits down | mean accuracy | up bytes / round | down bytes / round "
+            "| up vs fltac-r1-b32 |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     ref = results.get("fltac-r1-b32", {}).get("summary", {}).get("up_bytes_per_round")
     for name, row in results.items():
         s = row["summary"]
         acc = s["mean_accuracy"]
         ratio = f"{ref / s['up_bytes_per_round']:.2f}x fewer" if ref else "-"
-        rows.append(f"| {name} | {s['bits']} | {acc['mean']:.3f} ± {acc['sd']:.3f} (n={acc['n']}) | "
+        rows.append(f"| {name} | {s['bits']} | {s['download_bits']} | {acc['mean']:.3f} ± {acc['sd']:.3f} (n={acc['n']}) | "
                     f"{s['up_bytes_per_round']:,} | {s['down_bytes_per_round']:,} | {ratio} |")
     return "\n".join(rows + ["", *targets(results)]) + "\n"
 

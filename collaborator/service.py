@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collaborator.workspace import RoundCache, SiteWorkspace
-from fltac_secure.errors import PrivacyError, ProtocolError, StateError, TransportError
+from fltac_secure.errors import CompressionError, PrivacyError, ProtocolError, StateError, TransportError
 from fltac_secure.federation import messages as fm
 from fltac_secure.federation import secure_messages as sm
+from fltac_secure.federation.compressed import Downlink
 from fltac_secure.federation.console import EventLog
 from fltac_secure.federation.ledger import LEDGER_NAME, Ledger
 from fltac_secure.federation.sizes import record_model_facts
@@ -87,6 +88,7 @@ class Collaborator:
         self.faults = faults or Faults()
         self.last: tuple[int, str] = (-1, "")  # last aggregator request handled by this process
         self.cache: RoundCache | None = None
+        self.downlink: Downlink | None = None  # compression.download_bits: rebuilds the quantised ROUND_START
         self.finished = False
         self.client: TransportClient | None = None
         self.joined = threading.Event()  # set once the aggregator acknowledged a JOIN (tests wait on it)
@@ -270,7 +272,7 @@ class Collaborator:
         from fltac_secure.federation.rounds import client_round
 
         r = msg.round
-        received = self._vectors(msg)
+        received = self._starts(msg)
         vectors = self._own(msg, dict(received))
         self.last = (r, fm.ROUND_START)
         if r > 0:
@@ -351,6 +353,21 @@ class Collaborator:
             self.ws.commit_residuals(r, {i: self.cache.residuals[i] for i in wanted}, sizes or self.shapes.vector_size)
         meta, tensors = fm.quantised_message_parts({i: self.cache.updates[i] for i in wanted}, self.shapes, sizes)
         self._send(fm.UPDATE, r, meta, tensors)
+
+    def _starts(self, msg: Message) -> dict[int, Any]:
+        """ROUND_START's start vector per slot: float32 wire parts untrimmed, or with ``download_bits`` the
+        plan's initial adapter plus each slot's dequantised difference (``Downlink``, as the aggregator
+        computes it)."""
+        if not self.plan.compression.download:
+            return self._vectors(msg)
+        slots, wire = range(len(self.ws.slots)), self.ws.wire
+        sent = fm.parse_quantised(msg, slots, self.shapes, wire.sizes(slots))
+        if self.downlink is None:
+            self.downlink = Downlink.of(self.plan, wire.trimmer)
+        try:
+            return {i: self.downlink.receive(q, None if wire.trimmer is None else wire.labels[i]) for i, q in sent.items()}
+        except CompressionError as exc:
+            raise ProtocolError(f"ROUND_START of round {msg.round}: {exc}", "bad_shape") from None
 
     def _vectors(self, msg: Message) -> dict[int, Any]:
         """ROUND_START's or FINAL's full vector per slot: the wire parts (sizes from the plan) untrimmed."""

@@ -122,6 +122,12 @@ def _print_bytes(report: AuditReport) -> None:
         console.print(f"FedIT would have uploaded {fedit['float32_up']:,} bytes in float32"
                       + (f", {fedit['compressed_up']:,} at {bits} bits" if bits < 32 else "")
                       + f"; FL-TAC uploaded {up:,} tensor bytes (updates and sketches)")
+        down_bits = comp.get("download_bits", 32)
+        down = sum(r["tensor_bytes"] for k, r in per.items() if k in ("ROUND_START", "FINAL", "ASSIGNMENT"))
+        console.print(f"FedIT would have downloaded {fedit['float32_down']:,} bytes in float32"
+                      + (f", {fedit['compressed_down']:,} with round starts at {down_bits} bits (final adapters "
+                         "in float32)" if down_bits < 32 else "")
+                      + f"; FL-TAC downloaded {down:,} tensor bytes (round starts, final adapters)")
     trim = comp.get("trim_head")
     if trim:
         tasks = ", ".join(f"{t} {r['wire']:,} ({100 * r['fraction_saved']:.0f}% fewer)"

@@ -251,9 +251,21 @@ def trim_savings(sizes: ModelSizes) -> dict[str, object] | None:
                          for t, n in sorted(sizes.fltac_slots.items())}}
 
 
-def fedit_bytes(cmp: Comparison, upload_bytes: int) -> dict[str, int]:
-    """FedIT's tensor bytes for the same participations: float32 both ways (as the paper counts it), and with
-    its uploads at ``upload_bytes`` per adapter (the same compression as FL-TAC's; downloads stay float32)."""
-    up_pairs = cmp.fedit_up // cmp.sizes.fedit_adapter if cmp.sizes.fedit_adapter else 0
+def fedit_bytes(cmp: Comparison, upload_bytes: int, download_bytes: int | None = None,
+                final_pairs: int = 0) -> dict[str, int]:
+    """FedIT's tensor bytes for the same participations: float32 both ways (as the paper counts it), and at
+    the same compression as FL-TAC's: uploads at ``upload_bytes`` per adapter, downloads at ``download_bytes``
+    (None: float32) except the ``final_pairs`` final hand-outs, which are float32 as FL-TAC's FINAL is."""
+    adapter = cmp.sizes.fedit_adapter
+    up_pairs = cmp.fedit_up // adapter if adapter else 0
+    down = 4 * cmp.fedit_down
+    if download_bytes is not None and adapter:
+        rounds = cmp.fedit_down // adapter - final_pairs
+        down = rounds * download_bytes + final_pairs * 4 * adapter
     return {"float32_up": 4 * cmp.fedit_up, "float32_down": 4 * cmp.fedit_down,
-            "compressed_up": up_pairs * upload_bytes, "compressed_down": 4 * cmp.fedit_down}
+            "compressed_up": up_pairs * upload_bytes, "compressed_down": down}
+
+
+def final_pairs(entries: Iterable[LedgerEntry], roster: Sequence[str]) -> int:
+    """(round, site) pairs in which a FINAL carried parameters (the final hand-out, float32)."""
+    return len({(e.round, collaborator_of(e, roster)) for e in entries if e.kind == "FINAL" and e.elements})

@@ -18,6 +18,7 @@ from fltac_secure.federation.audit import (
     bytes_per_parameter,
     compare,
     fedit_bytes,
+    final_pairs,
     group_totals,
     secure_overhead,
     total,
@@ -72,7 +73,7 @@ def audit_workspace(workspace: Path, by: str, rank: int, plan_path: Path | None 
     comparison = compare(led.entries, plan.roster, sizes)
     cmp = comparison.as_dict()
     cmp["bytes"] = bytes_per_parameter(led.entries, plan.roster)
-    cmp["compression"] = _compression(plan, comparison, sizes.fedit_adapter)
+    cmp["compression"] = _compression(plan, comparison, sizes.fedit_adapter, final_pairs(led.entries, plan.roster))
     trimmed = trim_savings(sizes)
     if trimmed is not None:
         cmp["compression"]["trim_head"] = trimmed
@@ -82,13 +83,12 @@ def audit_workspace(workspace: Path, by: str, rank: int, plan_path: Path | None 
     return AuditReport(by, led, group_totals(led.entries, by, plan.roster), total(led.entries), cmp)
 
 
-def _compression(plan: Plan, comparison: Any, fedit_adapter: int) -> dict[str, Any]:
+def _compression(plan: Plan, comparison: Any, fedit_adapter: int, finals: int) -> dict[str, Any]:
     """The plan's compression and what FedIT would have moved in bytes, in float32 and at the same setting."""
-    c = plan.compression
-    up = fedit_adapter * 4
-    if c.enabled:
-        from fltac_secure.learning.compress import wire_nbytes  # numpy only
+    from fltac_secure.learning.compress import wire_nbytes  # numpy only
 
-        up = wire_nbytes(fedit_adapter, c.bits, c.block_size)
-    return {"bits": c.bits, "block_size": c.block_size, "error_feedback": c.error_feedback,
-            "fedit_bytes": fedit_bytes(comparison, up)}
+    c = plan.compression
+    up = wire_nbytes(fedit_adapter, c.bits, c.block_size) if c.enabled else fedit_adapter * 4
+    down = wire_nbytes(fedit_adapter, c.download_bits, c.block_size) if c.download else None
+    return {"bits": c.bits, "download_bits": c.download_bits, "block_size": c.block_size,
+            "error_feedback": c.error_feedback, "fedit_bytes": fedit_bytes(comparison, up, down, finals)}

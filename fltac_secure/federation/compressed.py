@@ -19,19 +19,44 @@ Under secure aggregation none of this runs either: the members quantise inside
 the protocol (``secagg.qring``) and ``secure_round.secure_outcome`` adds the
 starts back.  With ``compression.bits`` 32 nothing here runs: the vectors travel as float32,
 bit for bit as before the section existed.
+
+Quantised downloads (``compression.download_bits`` < 32, ``Downlink``): at the
+start of round r the server hands slot s its vector ``v`` as ``q = Q(v - v0)``,
+``v0`` the plan's initial adapter (every site regenerates it; with trim_head
+the wire parts of both), and both ends take ``v0 + dequant(q)`` as the slot's
+start: the server's round runs on those starts (``started``), so uploads are
+rebuilt and secure sums unmasked against exactly what the site holds.  The
+rounding draws come from ``ServerState.rounding_key`` (random, made at round 0,
+checkpointed) through HMAC-SHA256 of (round, slot): unpredictable from the plan,
+and the same bytes when a ROUND_START is sent again after a restart.  The server
+keeps the exact means (``keep_exact``): a slot's noise is fresh every round and
+never adds up, and FINAL hands out the exact float32 vectors.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fltac_secure.errors import CompressionError
 from fltac_secure.learning.compress import Quantised, dequantise, error_feedback, quantise, wire_nbytes
 
-__all__ = ["CompressedUpdate", "compress_results", "rebuild_vector", "rebuild_vectors", "update_nbytes"]
+if TYPE_CHECKING:
+    from fltac_secure.federation.rounds import ServerState
+    from fltac_secure.federation.trimmed import Trimmer
+    from fltac_secure.plan import Plan
+
+__all__ = ["ROUNDING_KEY_BYTES", "CompressedUpdate", "Downlink", "compress_results", "download_nbytes",
+           "keep_exact", "new_rounding_key", "rebuild_vector", "rebuild_vectors", "update_nbytes"]
+
+ROUNDING_KEY_BYTES = 32
 
 @dataclass(frozen=True)
 class CompressedUpdate:
@@ -101,3 +126,75 @@ def rebuild_vectors(starts: Mapping[str, np.ndarray], updates: Mapping[str, Quan
     if missing:
         raise CompressionError(f"no start vector for slot(s) {missing[:4]}; the server only rebuilds what it started")
     return {key: rebuild_vector(starts[key], q) for key, q in updates.items()}
+
+
+# -- quantised downloads (compression.download_bits) ---------------------------------------------------
+
+
+def new_rounding_key(plan: Plan) -> bytes | None:
+    """A fresh random key for the download rounding (``ServerState.rounding_key``); None when downloads are
+    float32."""
+    return secrets.token_bytes(ROUNDING_KEY_BYTES) if plan.compression.download else None
+
+
+def download_nbytes(plan: Plan, vector_size: int) -> int:
+    """Data bytes of one slot's ROUND_START vector: ``4 D`` in float32, or its packed values and block scales."""
+    c = plan.compression
+    return wire_nbytes(vector_size, c.download_bits, c.block_size) if c.download else 4 * vector_size
+
+
+def _rounding_rng(key: bytes, round_index: int, slot: str) -> np.random.Generator:
+    digest = hmac.new(key, f"fltac-download/{round_index}/{slot}".encode(), hashlib.sha256).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+
+
+@dataclass(frozen=True)
+class Downlink:
+    """Quantised ROUND_START vectors, the same at both ends: what the server sends and what a site starts from.
+
+    ``trimmer`` (the plan's layout and initial vector) is shared with head trimming; ``k`` below is a slot's
+    label count with ``compression.trim_head`` (its wire part), else None (the whole vector).
+    """
+
+    plan: Plan
+    trimmer: Trimmer
+
+    @classmethod
+    def of(cls, plan: Plan, trimmer: Trimmer | None = None) -> Downlink:
+        from fltac_secure.federation.trimmed import Trimmer
+
+        if not plan.compression.download:
+            raise CompressionError("compression.download_bits is 32 (off): ROUND_START carries float32 vectors")
+        return cls(plan, trimmer if trimmer is not None else Trimmer.of(plan))
+
+    def _part(self, vec: np.ndarray, k: int | None) -> np.ndarray:
+        return np.asarray(vec, np.float32) if k is None else self.trimmer.wire(vec, k)
+
+    def send(self, key: bytes, round_index: int, slot: str, vector: np.ndarray, k: int | None) -> Quantised:
+        """What the server sends slot ``slot`` in round ``round_index``: ``Q(vector - v0)``, drawn from ``key``."""
+        c = self.plan.compression
+        update = (self._part(vector, k) - self._part(self.trimmer.init, k)).astype(np.float32)
+        return quantise(update, c.download_bits, c.block_size, rng=_rounding_rng(key, round_index, slot))
+
+    def receive(self, q: Quantised, k: int | None) -> np.ndarray:
+        """The full vector a slot starts from: ``v0 + dequant(q)`` (untrimmed with the initial head)."""
+        part = rebuild_vector(self._part(self.trimmer.init, k), q)
+        return part if k is None else self.trimmer.full(part, k)
+
+    def started(self, state: ServerState, head_rows: Mapping[str, int] | None,
+                ) -> tuple[ServerState, dict[str, Quantised]]:  # fmt: skip
+        """The state the round runs on (every slot's vector as its site will hold it) and what each slot is sent."""
+        if state.rounding_key is None:
+            raise CompressionError("compression.download_bits is on but the server state has no rounding key")
+        sent = {key: self.send(state.rounding_key, state.round, key, vec, None if head_rows is None else head_rows[key])
+                for key, vec in state.vectors.items()}
+        vectors = {key: self.receive(q, None if head_rows is None else head_rows[key]) for key, q in sent.items()}
+        return dataclasses.replace(state, vectors=vectors), sent
+
+
+def keep_exact(new: ServerState, started: ServerState, exact: ServerState) -> ServerState:
+    """After a round run on ``started``: a slot whose vector the round did not replace gets its exact vector
+    back (so a slot that sat out is not rounded again next round)."""
+    vectors = {key: exact.vectors[key] if key in exact.vectors and vec is started.vectors.get(key) else vec
+               for key, vec in new.vectors.items()}
+    return dataclasses.replace(new, vectors=vectors)

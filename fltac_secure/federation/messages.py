@@ -4,7 +4,9 @@ Kinds (``->`` shows the direction)::
 
     JOIN         collab -> agg   meta: slots, counts, last=[round, kind]; tasks only if the plan shares them;
                                  labels (one label count per slot) exactly when compression.trim_head is on
-    ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from
+    ROUND_START  agg -> collab   round r; tensors slot/<i> (D,) float32: the vector slot i starts from;
+                                 with compression.download_bits < 32 instead qslot/<i> and qscale/<i>: that
+                                 vector minus the plan's initial adapter, quantised; meta: bits, block_size, values
     SKETCHES     collab -> agg   round r; tensors sketch/<i> (sketch_dim,) float64; meta: slots, counts
     ASSIGNMENT   agg -> collab   round r; meta: clusters (one id in [0, k) per slot, -1: not assigned)
     UPDATE       collab -> agg   round r; tensors slot/<i> (D,) float32: the trained vectors of the assigned slots;
@@ -83,7 +85,7 @@ def register_federation_kinds() -> None:
     """Register the kinds above once per process (idempotent)."""
     rules = {
         JOIN: (no_tensors, 0),
-        ROUND_START: (_VECTOR_RULE, MAX_SLOTS),
+        ROUND_START: (_UPDATE_RULE, 2 * MAX_SLOTS),
         SKETCHES: (_SKETCH_RULE, MAX_SLOTS),
         ASSIGNMENT: (no_tensors, 0),
         UPDATE: (_UPDATE_RULE, 2 * MAX_SLOTS),
@@ -95,12 +97,12 @@ def register_federation_kinds() -> None:
         try:
             kind_spec(name)
         except ProtocolError:
-            counter = update_parameters if name == UPDATE else None
+            counter = update_parameters if name in (UPDATE, ROUND_START) else None
             register_kind(KindSpec(name, rule, max_tensors=max_tensors, count_parameters=counter))
 
 
 def update_parameters(msg: Message) -> int:
-    """The numbers an UPDATE stands for: float32 elements, plus ``values`` per packed ``qslot`` tensor.
+    """The numbers an UPDATE (or a quantised ROUND_START) stands for: float32 elements, plus ``values`` per packed ``qslot`` tensor.
 
     For the ledger only (before any check, so it never raises): a message whose meta is not a plausible
     quantisation header counts its raw tensor elements.  ``parse_quantised`` checks everything later.
@@ -131,6 +133,7 @@ class Shapes:
     secure_sites: int = 0  # roster size when secure aggregation is on: its key books list every member
     ring_bytes: int = 4  # bytes per element of a masked vector
     bits: int = 32  # compression.bits: UPDATE carries quantised updates when below 32
+    download_bits: int = 32  # compression.download_bits: ROUND_START carries quantised vectors when below 32
     block_size: int = 256  # compression.block_size
 
     def max_message_bytes(self, n_slots: int) -> int:
@@ -154,7 +157,8 @@ def plan_shapes(plan: Any, vector_size: int) -> Shapes:
     sa = plan.secure_aggregation
     return Shapes(vector_size, plan.clustering.sketch_dim, plan.k,
                   secure_sites=len(plan.roster) if sa.enabled else 0, ring_bytes=sa.ring_bits // 8,
-                  bits=plan.compression.bits, block_size=plan.compression.block_size)  # fmt: skip
+                  bits=plan.compression.bits, block_size=plan.compression.block_size,
+                  download_bits=plan.compression.download_bits)  # fmt: skip
 
 
 def message_limit(plan_max_mb: float | None, shapes: Shapes, n_slots: int) -> int:
@@ -283,16 +287,23 @@ def _values(shapes: Shapes, slots: Sequence[int], sizes: Mapping[int, int] | Non
     return shapes.vector_size if sizes is None else [int(sizes[i]) for i in sorted(slots)]
 
 
+def _bits(kind: str, shapes: Shapes) -> int:
+    """The plan's bits for quantised vectors of ``kind``: UPDATE uploads, ROUND_START downloads."""
+    return shapes.download_bits if kind == ROUND_START else shapes.bits
+
+
 def quantised_message_parts(updates: Mapping[int, Quantised], shapes: Shapes,
-                            sizes: Mapping[int, int] | None = None) -> tuple[dict, dict]:
-    """(meta, tensors) of a compressed UPDATE: ``qslot/<i>`` packed values, ``qscale/<i>`` block scales."""
-    meta = {"bits": shapes.bits, "block_size": shapes.block_size, "values": _values(shapes, list(updates), sizes)}
+                            sizes: Mapping[int, int] | None = None, kind: str = UPDATE) -> tuple[dict, dict]:
+    """(meta, tensors) of a compressed UPDATE or ROUND_START: ``qslot/<i>`` packed values, ``qscale/<i>``
+    block scales."""
+    bits = _bits(kind, shapes)
+    meta = {"bits": bits, "block_size": shapes.block_size, "values": _values(shapes, list(updates), sizes)}
     tensors: dict[str, np.ndarray] = {}
     for i, q in sorted(updates.items()):
         n = shapes.vector_size if sizes is None else sizes[i]
-        if (q.n, q.bits, q.block_size) != (n, shapes.bits, shapes.block_size):
-            raise CompressionError(f"slot {i}'s update is {q.n} values at {q.bits} bits in blocks of {q.block_size}; "
-                                   f"the plan says {n} at {shapes.bits} in blocks of {shapes.block_size}")
+        if (q.n, q.bits, q.block_size) != (n, bits, shapes.block_size):
+            raise CompressionError(f"slot {i}'s {kind} vector is {q.n} values at {q.bits} bits in blocks of "
+                                   f"{q.block_size}; the plan says {n} at {bits} in blocks of {shapes.block_size}")
         tensors[f"qslot/{i}"] = np.ascontiguousarray(q.packed, dtype=np.uint8)
         tensors[f"qscale/{i}"] = np.ascontiguousarray(q.scales, dtype=np.float32)
     return meta, tensors
@@ -300,15 +311,18 @@ def quantised_message_parts(updates: Mapping[int, Quantised], shapes: Shapes,
 
 def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes,
                     sizes: Mapping[int, int] | None = None) -> dict[int, Quantised]:
-    """A compressed UPDATE's quantised update for each slot in ``slots``, checked against the plan's sizes.
+    """A compressed UPDATE's (or ROUND_START's) quantised vector for each slot in ``slots``, checked against
+    the plan's sizes.
 
-    The header must repeat the plan's bits, block size and vector size (trimmed: ``sizes``, each slot's wire
-    size); every length is computed from the plan, never taken from the peer, and ``from_wire`` refuses
-    NaN/negative scales and values off the grid.
+    The header must repeat the plan's bits (``compression.bits`` for UPDATE, ``download_bits`` for
+    ROUND_START), block size and vector size (trimmed: ``sizes``, each slot's wire size); every length is
+    computed from the plan, never taken from the peer, and ``from_wire`` refuses NaN/negative scales and
+    values off the grid.
     """
-    if msg.kind != UPDATE:
-        raise _refuse(msg, "does not carry quantised updates", "bad_kind")
-    want = {"bits": shapes.bits, "block_size": shapes.block_size, "values": _values(shapes, slots, sizes)}
+    if msg.kind not in (UPDATE, ROUND_START):
+        raise _refuse(msg, "does not carry quantised vectors", "bad_kind")
+    bits = _bits(msg.kind, shapes)
+    want = {"bits": bits, "block_size": shapes.block_size, "values": _values(shapes, slots, sizes)}
     got = {k: msg.meta.get(k) for k in want}
     if got != want:
         raise _refuse(msg, f"quantisation header {got} does not match this plan's {want} (compression section)",
@@ -321,7 +335,7 @@ def parse_quantised(msg: Message, slots: Sequence[int], shapes: Shapes,
     for i in sorted(values):
         try:
             n = shapes.vector_size if sizes is None else sizes[i]
-            out[i] = from_wire(values[i], blocks[i], n, shapes.bits, shapes.block_size)
+            out[i] = from_wire(values[i], blocks[i], n, bits, shapes.block_size)
         except CompressionError as exc:
             raise _refuse(msg, f"slot {i}: {exc}") from None
     return out

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fltac_secure.errors import PrivacyError, StateError
+from fltac_secure.federation.compressed import ROUNDING_KEY_BYTES
 from fltac_secure.federation.trimmed import Trimmer
 from fltac_secure.learning.aggregate import cluster_means, redistribute
 from fltac_secure.learning.cluster import ClusterResult, cluster_sketches, site_of
@@ -239,12 +240,17 @@ class ServerState:
     summed); the aggregator never holds that vector, so ROUND_START and FINAL tell the site to use its own."""
     sketch_sums: dict[str, np.ndarray] = field(default_factory=dict)
     """With ``clustering.accumulate``: slot -> the sum of its sketches over the rounds so far."""
+    rounding_key: bytes | None = None
+    """With ``compression.download_bits`` < 32: the random key the ROUND_START rounding draws from
+    (``federation.compressed.Downlink``), made at round 0 and kept for the whole run."""
 
     @classmethod
     def initial(cls, plan: Plan, keys: Sequence[str], start: np.ndarray) -> ServerState:
         """Round 0: every slot starts from the one common initial adapter."""
+        from fltac_secure.federation.compressed import new_rounding_key
+
         vec = np.asarray(start, dtype=np.float32)
-        return cls(round=0, k=plan.k, vectors={k: vec.copy() for k in keys})
+        return cls(round=0, k=plan.k, vectors={k: vec.copy() for k in keys}, rounding_key=new_rounding_key(plan))
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         """Flat named arrays (for safetensors): no pickle, keys readable, order irrelevant."""
@@ -256,6 +262,8 @@ class ServerState:
             out.update({f"centroid/{c}": np.asarray(v, np.float64) for c, v in self.clusters.centroids.items()})
         out.update({f"own/{key}": np.array([r], np.int64) for key, r in self.own.items()})
         out.update({f"sketch_sum/{key}": np.asarray(v, np.float64) for key, v in self.sketch_sums.items()})
+        if self.rounding_key is not None:
+            out["rounding_key"] = np.frombuffer(self.rounding_key, dtype=np.uint8).copy()
         return out
 
     @classmethod
@@ -267,8 +275,15 @@ class ServerState:
             raise StateError("server checkpoint lacks a scalar 'round' or 'k'; it is not a ServerState") from exc
         groups: dict[str, dict[str, np.ndarray]] = {"vector": {}, "cluster_vector": {}, "label": {}, "centroid": {},
                                                     "own": {}, "sketch_sum": {}}  # fmt: skip
+        rounding_key = None
+        if "rounding_key" in tensors:
+            raw = np.asarray(tensors["rounding_key"])
+            if raw.dtype != np.uint8 or raw.shape != (ROUNDING_KEY_BYTES,):
+                raise StateError(f"server checkpoint's rounding_key is {raw.dtype} {raw.shape}, expected "
+                                 f"{ROUNDING_KEY_BYTES} bytes; it is corrupt")
+            rounding_key = raw.tobytes()
         for name, arr in tensors.items():
-            if name in ("round", "k"):
+            if name in ("round", "k", "rounding_key"):
                 continue
             kind, _, key = name.partition("/")
             if kind not in groups or not key:
@@ -286,6 +301,7 @@ class ServerState:
             clusters=clusters,
             own={key: int(a.item()) for key, a in groups["own"].items()},
             sketch_sums={key: a.astype(np.float64) for key, a in groups["sketch_sum"].items()},
+            rounding_key=rounding_key,
         )
 
 
@@ -383,6 +399,7 @@ def server_aggregate(
         clusters=assignment.clusters,
         own={key: r for key, r in state.own.items() if key not in assignment.labels},
         sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
+        rounding_key=state.rounding_key,
     )
 
 

@@ -25,6 +25,8 @@ the length against the plan and its own slots (``collaborator.secure``).
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -158,6 +160,7 @@ def secure_outcome(state: ServerState, assignment: Assignment, sr: SecureRound, 
         round=state.round + 1, k=state.k, vectors=vectors, cluster_vectors={**state.cluster_vectors, **means},
         clusters=ClusterResult(k=assignment.clusters.k, labels=used, centroids=assignment.clusters.centroids),
         own={**carried, **own}, sketch_sums={**state.sketch_sums, **assignment.sketch_sums},
+        rounding_key=state.rounding_key,
     )  # fmt: skip
     return new, report
 
@@ -212,4 +215,4 @@ def resolve_own(state: ServerState, trained: Mapping[str, np.ndarray]) -> Server
     vectors = dict(state.vectors)
     for key in state.own:
         vectors[key] = np.asarray(trained[key], dtype=np.float32).copy()
-    return ServerState(state.round, state.k, vectors, state.cluster_vectors, state.clusters, {}, state.sketch_sums)
+    return dataclasses.replace(state, vectors=vectors, own={})

@@ -152,6 +152,25 @@ class Compression(Strict):
         "lonely_rows), else the member leaves that cluster, so the sum never reveals one member's row.",
     )
 
+    download_bits: Literal[32, 16, 8, 4, 2] = Field(
+        default=32,
+        description="Bits per number of the vectors each ROUND_START hands out: 32 is off (float32, as before). "
+        "Below 32 the aggregator sends each slot its global adapter as the difference from the plan's initial "
+        "adapter (which every site regenerates), stochastically rounded to these bits with one float32 scale per "
+        "block_size numbers: unbiased, so the site starts from the global adapter plus zero-mean noise. The "
+        "rounding draws come from a random key the aggregator makes at round 0 and keeps in its checkpoint (never "
+        "from the plan, so no site can predict them), per round and slot, so a ROUND_START sent again after a "
+        "restart is the same bytes. The aggregator keeps the exact means: the noise does not add up over rounds, "
+        "and FINAL hands out the exact float32 adapters. FL-TAC and oracle (simulated and networked); the FedIT "
+        "baselines send their shared adapter whole.",
+    )
+
     @property
     def enabled(self) -> bool:
+        """Uploads are quantised (``bits`` < 32)."""
         return self.bits < 32
+
+    @property
+    def download(self) -> bool:
+        """ROUND_START vectors are quantised (``download_bits`` < 32)."""
+        return self.download_bits < 32

@@ -410,7 +410,10 @@ class Plan(Strict):
         comp = out.get("compression")
         if isinstance(comp, dict) and comp.get("trim_head") is False:
             comp.pop("trim_head")  # plans without head trimming keep the hash they had
-        defaults = {k: v for k, v in Compression().model_dump(mode="json").items() if k != "trim_head"}
+        if isinstance(comp, dict) and comp.get("download_bits") == 32:
+            comp.pop("download_bits")  # likewise plans without quantised downloads
+        defaults = {k: v for k, v in Compression().model_dump(mode="json").items()
+                    if k not in ("trim_head", "download_bits")}
         if comp == defaults:
             out.pop("compression", None)  # plans without compression keep the hash they had
         if isinstance(out.get("clustering"), dict) and "settle" in out["clustering"] and out["clustering"]["settle"] is None:

@@ -6,8 +6,10 @@ All methods train with the same ``train_slot`` and the same per-slot budget:
 - ``fltac``: one adapter per (site, task); sketches clustered by K-means,
   averaged within clusters, redistributed (``federation.rounds``).  With
   ``compression.trim_head`` each slot sends and receives only its task's
-  head rows (``federation.trimmed``); the FedIT baselines ignore the key
-  (one shared adapter, sent whole, as they ignore ``compression``).
+  head rows (``federation.trimmed``); with ``compression.download_bits``
+  each round runs on the quantised starts the sites get and the exact
+  means are kept (``federation.compressed.Downlink``).  The FedIT baselines
+  ignore both (one shared adapter, sent whole, as they ignore ``compression``).
 - ``oracle``: the same with the true task ids instead of K-means (isolates
   the clustering error).
 - ``fedit``, ``fedit-tagged``, ``fedit-taskheads``: one shared adapter for
@@ -31,7 +33,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from fltac_secure.federation.compressed import compress_results, rebuild_vectors, update_nbytes
+from fltac_secure.federation.compressed import (
+    Downlink,
+    compress_results,
+    download_nbytes,
+    keep_exact,
+    rebuild_vectors,
+    update_nbytes,
+)
 from fltac_secure.federation.rounds import (
     Assignment,
     ServerState,
@@ -58,7 +67,7 @@ class RoundOutcome:
     up_params: int = 0
     down_params: int = 0
     up_bytes: int = 0  # data bytes up (vectors float32 or quantised, sketches float64, counts 8 bytes each)
-    down_bytes: int = 0  # data bytes down (vectors float32, cluster ids 8 bytes each)
+    down_bytes: int = 0  # data bytes down (vectors float32 or quantised, cluster ids 8 bytes each)
     bits: int = 32  # bits per number of the uploaded vectors (compression.bits)
     train_loss: float = float("nan")
     sketches: dict[str, np.ndarray] | None = None
@@ -161,6 +170,10 @@ class FLTAC(Method):
 
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
         ctx, plan = self.ctx, self.ctx.plan
+        exact = self.state
+        if plan.compression.download:  # the round runs on the starts the sites get (quantised downloads)
+            self.state, _ = Downlink.of(plan, self.trimmer).started(self.state, self.head_rows)
+        started = self.state
         vectors, sketches, counts, losses, steps = {}, {}, {}, [], 0
         for site in ctx.sites:
             for res in client_round(ctx.model, site, ctx.slots_of(site), self.state.vectors, r, plan,
@@ -180,6 +193,8 @@ class FLTAC(Method):
                                                                       self.label_counts)
         else:
             self.state = server_aggregate(self.state, assignment, vectors, counts, plan, head_rows=self.head_rows)
+        if plan.compression.download:
+            self.state = keep_exact(self.state, started, exact)
         sizes = [self.wire_size(key) for key in vectors]
         ups = sizes
         if plan.secure_aggregation.enabled and self.trimmer is not None:
@@ -189,7 +204,7 @@ class FLTAC(Method):
             up_params=sum(ups) + n * (self.sketch_params + 1),
             down_params=sum(sizes) + n,
             up_bytes=sum(update_nbytes(plan, d) for d in ups) + n * (8 * self.sketch_params + 8),
-            down_bytes=4 * sum(sizes) + 8 * n,
+            down_bytes=sum(download_nbytes(plan, d) for d in sizes) + 8 * n,
             bits=plan.compression.bits,
             train_loss=float(np.nanmean(losses)),
             train_steps=steps,

@@ -127,13 +127,14 @@ def make_fed(root: Path, plan: Plan | None = None) -> Fed:
     return Fed(plan, build_federation(plan, root))
 
 
-def restart_after_round_0(fed: Fed) -> tuple[Any, Any]:
+def restart_after_round_0(fed: Fed, **faults: Any) -> tuple[Any, Any]:
     """Run ``fed`` with its aggregator killed after round 0's checkpoint and a new one started over the same
-    workspace; every role must end cleanly. Returns the second aggregator and its final state."""
+    workspace; every role must end cleanly. Returns the second aggregator and its final state. ``faults``:
+    more test hooks of the first aggregator only (the second one has none)."""
     from aggregator.service import Faults, SimulatedCrash
 
     cols = {s: start(fed.collaborator(s)) for s in fed.layout.sites}
-    first = start(fed.aggregator(faults=Faults(crash_after_round=0)))
+    first = start(fed.aggregator(faults=Faults(crash_after_round=0, **faults)))
     first.join(120)
     assert first.error and isinstance(first.error[0], SimulatedCrash)
     second_obj = fed.aggregator()
