@@ -10,6 +10,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fltac_secure.federation.console import EventLog  # noqa: E402
@@ -125,6 +126,24 @@ class Fed:
 def make_fed(root: Path, plan: Plan | None = None) -> Fed:
     plan = plan or tiny_plan()
     return Fed(plan, build_federation(plan, root))
+
+
+def run_roles(fed: Fed, rngs: dict[str, int] | None = None, **agg_faults: Any) -> dict[str, Any]:
+    """Run ``fed`` to the end (aggregator and every site in threads); each must end cleanly. ``rngs``: per site,
+    the seed of its quantisation draws (the simulator's ``compression_rngs``); ``agg_faults``: the aggregator's
+    test hooks. Returns the final state and the aggregator's history."""
+    from aggregator.service import Faults
+    from collaborator.service import Faults as SiteFaults
+
+    agg = start(fed.aggregator(faults=Faults(**agg_faults)))
+    cols = {s: start(fed.collaborator(s, faults=SiteFaults(
+        quantise_rng=None if rngs is None else np.random.default_rng(rngs[s])))) for s in fed.layout.sites}
+    state = agg.join(180)
+    assert not agg.error, agg.error
+    for name, r in cols.items():
+        r.join(60)
+        assert not r.error, (name, r.error)
+    return {"state": state, "history": agg.obj.history}
 
 
 def restart_after_round_0(fed: Fed, **faults: Any) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import SAME_WIDTH, Fed, start, tiny_plan
+from roles_harness import SAME_WIDTH, Fed, run_roles, start, tiny_plan
 
 from fltac_secure.data.layout import load_federated_dir
 from fltac_secure.federation.demo import build_federation
@@ -32,17 +32,7 @@ def compressed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fed, dict[
 
 def run_seeded(fed: Fed) -> dict[str, Any]:
     """The federation with every site's quantisation drawn from its seeded generator (as the simulator's)."""
-    from collaborator.service import Faults
-
-    agg = start(fed.aggregator())
-    cols = {s: start(fed.collaborator(s, faults=Faults(quantise_rng=np.random.default_rng(seeds(fed.plan)[s]))))
-            for s in fed.layout.sites}
-    state = agg.join(180)
-    assert not agg.error, agg.error
-    for name, run in cols.items():
-        run.join(60)
-        assert not run.error, (name, run.error)
-    return {"state": state, "history": agg.obj.history}
+    return run_roles(fed, seeds(fed.plan))
 
 
 def test_equals_the_simulator_with_the_same_draws(compressed_run: tuple[Fed, dict[str, Any]]) -> None:

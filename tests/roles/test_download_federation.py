@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import SAME_WIDTH, Fed, make_fed, restart_after_round_0, start, tiny_plan
+from roles_harness import SAME_WIDTH, Fed, make_fed, restart_after_round_0, run_roles, tiny_plan
 
 from fltac_secure.data.layout import load_federated_dir
 from fltac_secure.errors import ProtocolError
@@ -26,18 +26,7 @@ KEY = bytes(range(100, 132))
 
 
 def run(fed: Fed, rngs: dict[str, int] | None = None) -> dict[str, Any]:
-    from aggregator.service import Faults
-    from collaborator.service import Faults as SiteFaults
-
-    agg = start(fed.aggregator(faults=Faults(rounding_key=KEY)))
-    cols = {s: start(fed.collaborator(s, faults=SiteFaults(
-        quantise_rng=None if rngs is None else np.random.default_rng(rngs[s])))) for s in fed.layout.sites}
-    state = agg.join(180)
-    assert not agg.error, agg.error
-    for name, r in cols.items():
-        r.join(60)
-        assert not r.error, (name, r.error)
-    return {"state": state, "history": agg.obj.history}
+    return run_roles(fed, rngs, rounding_key=KEY)
 
 
 def simulate(fed: Fed, rngs: dict[str, int] | None = None) -> tuple[Any, list[dict[str, int]]]:

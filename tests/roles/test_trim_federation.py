@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from roles_harness import Fed, make_fed, restart_after_round_0, start, tiny_plan
+from roles_harness import Fed, make_fed, restart_after_round_0, run_roles, tiny_plan
 
 from fltac_secure.data.layout import load_federated_dir
 from fltac_secure.federation import messages as fm
@@ -39,17 +39,7 @@ class Captured(EventLog):
 
 
 def run(fed: Fed, rngs: dict[str, int] | None = None) -> dict[str, Any]:
-    from collaborator.service import Faults
-
-    agg = start(fed.aggregator())
-    cols = {s: start(fed.collaborator(s, faults=Faults(
-        quantise_rng=None if rngs is None else np.random.default_rng(rngs[s])))) for s in fed.layout.sites}
-    state = agg.join(180)
-    assert not agg.error, agg.error
-    for name, r in cols.items():
-        r.join(60)
-        assert not r.error, (name, r.error)
-    return {"state": state, "history": agg.obj.history}
+    return run_roles(fed, rngs)
 
 
 def simulate(fed: Fed, rngs: dict[str, int] | None = None) -> tuple[Any, list[dict[str, int]]]:
