@@ -348,19 +348,22 @@ class Plan(Strict):
         self._ring_fits()
         self._slices_disjoint()
         if self.compression.enabled and self.secure_aggregation.enabled:
-            from fltac_secure.secagg.qring import quant_width  # numpy only
+            from fltac_secure.secagg.qring import grid_levels, min_secure_bits  # numpy only
 
-            width = quant_width(self.compression.bits, len(self.roster))
             if self.compression.error_feedback:
                 raise ValueError(
                     "compression.error_feedback with secure_aggregation.enabled: a member sends one quantised sum of "
                     "its slots' weighted updates, never a slot's own update, so there is no per-slot residual to "
                     "keep; set compression.error_feedback: false or secure_aggregation.enabled: false"
                 )
-            if width > 64:
+            n, bits = len(self.roster), self.compression.bits
+            if grid_levels(bits, n) < 1:
+                fewest = min_secure_bits(n)
                 raise ValueError(
-                    f"compression.bits = {self.compression.bits} with secure_aggregation.enabled and {len(self.roster)} "
-                    f"sites needs a {width}-bit ring, more than 64; lower compression.bits"
+                    f"compression.bits = {bits} with secure_aggregation.enabled and {n} sites: the masked sum of "
+                    f"{n} members must fit {bits}-bit ring elements, which leaves no grid step (2^{bits - 1} - 1 - {n} "
+                    "< 1); " + (f"use compression.bits: {fewest} ({grid_levels(fewest, n)} steps per secure_clip)"
+                                if fewest else "no supported width holds that many sites; use compression.bits: 32")
                 )
         if self.quorum.min_collaborators > len(self.roster):
             raise ValueError(

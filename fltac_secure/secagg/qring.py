@@ -1,20 +1,30 @@
-"""Quantised updates summed in a ring just wide enough (compression with secure aggregation).
+"""Quantised updates summed in a ring exactly as wide as a plain quantised upload (compression with secure aggregation).
 
-Every member of a cluster encodes its weighted update ``sum_i (w_i / W) u_i``
+Every member of a cluster encodes its weighted update ``x_i = sum_s (w_s / W) u_s``
 (entries clipped to +-``clip``, the plan's ``compression.secure_clip``) on
-ONE integer grid shared by the whole cluster: ``v = SR(x / clip * L)`` with
-``L = 2^(b-1) - 1`` and ``SR`` unbiased stochastic rounding, so ``E[v] * clip
-/ L = x``.  A common scale is what lets the integers be summed at all; a
-per-member scale would have to be revealed.
+ONE integer grid shared by the whole cluster: ``v_i = SR(x_i / clip * L)``
+with ``SR`` unbiased stochastic rounding, so ``E[v_i] * clip / L = x_i``.  A
+common scale is what lets the integers be summed at all; a per-member scale
+would have to be revealed.
 
-Width: ``n`` members' values sum to at most ``n L`` in magnitude, below
-``2^(b - 1 + ceil(log2 n))``, so a ring of ``b + ceil(log2 n)`` bits holds the
-sum without wrapping (``n``: the roster, the most members a cluster can have;
-8-bit values and up to 256 members: 16 bits).  Arithmetic runs in uint32
-(uint64 above 32 bits) with the dtype's own wrap-around, and values are cut
-to the ring's width (``reduce``) before they travel: since ``2^width``
-divides ``2^32``, masks that cancel mod ``2^32`` cancel mod ``2^width`` too.
-On the wire each ring element takes exactly ``width`` bits (``pack``).
+Width and grid: the ring is ``b`` bits, the width a plain quantised upload has
+(``compression.bits``), and the grid is as fine as that ring allows.  The
+weights ``w_s / W`` of all the cluster's slots sum to one (each member checks
+its own weight against the setup, and ``W`` is the setup's total), so
+``sum_i |x_i| <= clip`` and ``sum_i |x_i| / clip * L <= L``; rounding adds
+less than one per member, so ``n`` members' integers sum to at most ``L + n``
+in magnitude.  With ``L = 2^(b-1) - 1 - n`` (``n``: the roster, the most
+members a cluster can have) the sum fits ``b``-bit two's complement and never
+wraps: 8 bits and 10 sites give 117 steps per ``clip``.  (A ring sized for
+``n`` members each at full scale would need ``b + ceil(log2 n)`` bits for the
+same grid.)  Arithmetic runs in uint32 with the dtype's own wrap-around, and
+values are cut to ``b`` bits (``reduce``) before they travel: since ``2^b``
+divides ``2^32``, masks that cancel mod ``2^32`` cancel mod ``2^b`` too.  On
+the wire each ring element takes exactly ``b`` bits (``pack``).
+
+The bound holds for honest members only: a masked value cannot be inspected,
+so a member may send anything in the ring and spoil (never reveal) its
+cluster's sum, as with any pairwise-masking protocol without proofs of range.
 """
 
 from __future__ import annotations
@@ -25,15 +35,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from fltac_secure.errors import SecAggError
-from fltac_secure.learning.compress import BITS, levels, stochastic_round
+from fltac_secure.learning.compress import BITS, stochastic_round
 from fltac_secure.secagg.ring import clipped_weighted
 
-__all__ = ["QuantRing", "quant_width"]
+__all__ = ["QuantRing", "grid_levels", "min_secure_bits"]
 
 
-def quant_width(value_bits: int, members: int) -> int:
-    """Ring bits for ``members`` values of ``value_bits`` each: ``value_bits + ceil(log2 members)``."""
-    return value_bits + max(0, math.ceil(math.log2(max(1, members))))
+def grid_levels(value_bits: int, members: int) -> int:
+    """Grid steps per ``clip`` of ``members`` members' sum in a ``value_bits``-bit ring: ``2^(b-1) - 1 - members``."""
+    return 2 ** (value_bits - 1) - 1 - members
+
+
+def min_secure_bits(members: int) -> int | None:
+    """The fewest supported bits whose ring leaves ``members`` members at least one grid step (None: none does)."""
+    return next((b for b in sorted(BITS) if grid_levels(b, members) >= 1), None)
 
 
 @dataclass(frozen=True)
@@ -49,25 +64,32 @@ class QuantRing:
             raise SecAggError(f"quantised values of {self.value_bits} bits are not supported; use one of {list(BITS)}")
         if not (math.isfinite(self.clip) and self.clip > 0) or self.members < 1:
             raise SecAggError(f"no quantised ring for clip {self.clip} and {self.members} members", "bad_setup")
-        if self.bits > 64:
-            raise SecAggError(f"{self.members} members of {self.value_bits}-bit values need a {self.bits}-bit ring; "
-                              "at most 64", "bad_setup")
+        if self.levels < 1:
+            fewest = min_secure_bits(self.members)
+            raise SecAggError(
+                f"{self.members} members' sum does not fit a {self.value_bits}-bit ring with any grid step "
+                f"(2^{self.value_bits - 1} - 1 - {self.members} < 1); "
+                + (f"use at least {fewest} bits" if fewest else "no supported width holds that many members"),
+                "bad_setup",
+            )  # fmt: skip
 
     @property
     def bits(self) -> int:
-        return quant_width(self.value_bits, self.members)
+        """The ring's width: the value bits, as a plain quantised upload."""
+        return self.value_bits
 
     @property
     def dtype(self) -> type[np.unsignedinteger]:
-        return np.uint32 if self.bits <= 32 else np.uint64
+        return np.uint32
 
     @property
     def levels(self) -> int:
-        return levels(self.value_bits)
+        """Grid steps per ``clip``: the finest grid whose ``members`` members' sum cannot wrap."""
+        return grid_levels(self.value_bits, self.members)
 
     def capacity(self) -> int:
-        """The most members whose values sum without wrapping: ``n L <= 2^(bits-1) - 1``."""
-        return (2 ** (self.bits - 1) - 1) // self.levels
+        """The most members whose rounded shares sum without wrapping at this grid: ``L + n <= 2^(bits-1) - 1``."""
+        return 2 ** (self.bits - 1) - 1 - self.levels
 
     def packed_nbytes(self, length: int) -> int:
         return -(-length * self.bits // 8)
@@ -93,8 +115,6 @@ class QuantRing:
     def signed(self, total: np.ndarray) -> np.ndarray:
         """A ring sum as signed integers (two's complement in ``bits``)."""
         arr = self.reduce(np.asarray(total, dtype=self.dtype))
-        if self.bits == 64:
-            return arr.view(np.int64)
         s = arr.astype(np.int64)
         return np.where(s >= 1 << (self.bits - 1), s - (1 << self.bits), s)
 

@@ -154,6 +154,21 @@ def test_secure_aggregation_problems_are_each_one_line_with_the_fix(tmp_path):
         load_plan(write(tmp_path, many))
 
 
+def test_quantised_secure_uploads_need_a_grid_step_for_the_roster(tmp_path):
+    """Masked values travel at compression.bits; a roster whose sum leaves no grid step at that width is refused
+    with the width that works, before any site trains."""
+    data = mutate("roster", [f"s{i}" for i in range(10)])
+    data["secure_aggregation"] = {"enabled": True}
+    data["compression"] = {"bits": 4}
+    with pytest.raises(ConfigError, match=r"4-bit ring.*use compression.bits: 8 \(117 steps per secure_clip\)"):
+        load_plan(write(tmp_path, data))
+    data["roster"] = data["roster"][:6]  # 2^3 - 1 - 6 = 1 step: valid, if coarse
+    assert load_plan(write(tmp_path, data)).compression.bits == 4
+    data["compression"] = {"bits": 2}
+    with pytest.raises(ConfigError, match="use compression.bits: 4"):
+        load_plan(write(tmp_path, data))
+
+
 def test_secure_aggregation_precision_defaults_to_the_most_the_roster_allows(tmp_path):
     plan = load_plan(DEMO_PLAN)
     sa = plan.secure_aggregation
@@ -269,7 +284,8 @@ def test_compression_off_keeps_the_hash_and_on_is_hashed(tmp_path):
 
 
 def test_compression_with_secure_aggregation(tmp_path):
-    """Quantised updates compose with secure aggregation (a ring of bits + ceil(log2 roster) bits); error
+    """Quantised updates compose with secure aggregation (a ring exactly bits wide, 2^(bits-1) - 1 - roster grid
+    steps); error
     feedback does not (a member sends one sum, never a slot's update), and the refusal names both keys."""
     from fltac_secure.secagg.rules import ring_for
 
@@ -277,7 +293,7 @@ def test_compression_with_secure_aggregation(tmp_path):
     data["secure_aggregation"] = {"enabled": True}
     plan = load_plan(write(tmp_path, data))
     ring = ring_for(plan)
-    assert ring.bits == 8 + (len(plan.roster) - 1).bit_length() and ring.clip == plan.compression.secure_clip
+    assert ring.bits == 8 and ring.levels == 127 - len(plan.roster) and ring.clip == plan.compression.secure_clip
     data["compression"]["error_feedback"] = True
     with pytest.raises(ConfigError, match="compression.error_feedback.*secure_aggregation.enabled"):
         load_plan(write(tmp_path, data))

@@ -169,8 +169,8 @@ def test_site_restart_before_update_resumes_its_cache_and_residuals(tmp_path_fac
 
 def test_secure_aggregation_of_quantised_updates_equals_the_simulator(
         tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
-    """The masked upload is the quantised ring's width per number, and the cluster means equal the simulator's
-    with the same draws (the aggregator adds back the starts it sent)."""
+    """The masked upload is the quantised ring's width per number (8 bits, as the plain upload), and the cluster
+    means equal the simulator's with the same draws (the aggregator adds back the starts it sent)."""
     from fltac_secure.simulation.context import SimContext
     from fltac_secure.simulation.methods import FLTAC
 
@@ -186,7 +186,7 @@ def test_secure_aggregation_of_quantised_updates_equals_the_simulator(
     assert [row["clusters"] for row in history] == labels
     for key, vec in method.state.vectors.items():
         np.testing.assert_allclose(state.vectors[key], vec, atol=1e-5, err_msg=key)
-    d, width = adapter_layout(plan).size, 8 + (len(plan.roster) - 1).bit_length()
+    d, width = adapter_layout(plan).size, 8  # the ring is exactly bits wide
     masked = [e for e in read_ledger(fed.layout.aggregator / "ledger.jsonl").entries if e.kind == "SA_MASKED"]
     assert masked and all(e.tensor_bytes % -(-d * width // 8) == 0 for e in masked)
     per_cluster = sum(e.tensor_bytes for e in masked) // -(-d * width // 8)

@@ -8,6 +8,7 @@ import pytest
 from fltac_secure.federation.compressed import compress_results, rebuild_vectors, update_nbytes
 from fltac_secure.learning.adapters import adapter_layout
 from fltac_secure.learning.compress import dequantise, levels, wire_nbytes
+from fltac_secure.secagg.qring import grid_levels
 from fltac_secure.simulation import SimContext
 from fltac_secure.simulation.methods import FLTAC
 
@@ -94,7 +95,9 @@ def test_with_secure_aggregation_the_cluster_means_are_start_plus_quantised_upda
     keys = sorted(a.state.vectors)
     assert all(np.array_equal(a.state.vectors[k], b.state.vectors[k]) for k in keys)
     diff = max(float(np.abs(a.state.vectors[k] - exact.state.vectors[k]).max()) for k in keys)
-    assert 0 < diff < 0.2 / 127 * 4  # a few grid steps at most (one rounding per member, averaged)
+    step = 0.2 / grid_levels(8, len(p8.roster))  # the common grid: 2^7 - 1 - sites steps per secure_clip
+    assert 0 < diff < 4 * step  # a few grid steps at most (one rounding per member, averaged)
     d = adapter_layout(p8).size
-    ring_bits = 8 + (len(p8.roster) - 1).bit_length()
-    assert outs[0].up_bytes == len(keys) * (-(-d * ring_bits // 8) + 8 * p8.clustering.sketch_dim + 8)
+    assert outs[0].up_bytes == len(keys) * (-(-d * 8 // 8) + 8 * p8.clustering.sketch_dim + 8)  # 8 bits per value
+    _, plain = run(with_compression(plan, bits=8, secure_clip=0.2), data, rounds=1, rngs=11)
+    assert outs[0].up_bytes < plain[0].up_bytes  # masked: no wider than the plain upload, and no block scales

@@ -11,6 +11,7 @@ from fltac_secure.learning.adapters import adapter_layout
 from fltac_secure.learning.cluster import ClusterResult
 from fltac_secure.learning.compress import wire_nbytes
 from fltac_secure.learning.trim import head_hidden, wire_mask
+from fltac_secure.secagg.qring import grid_levels
 from fltac_secure.simulation import SimContext
 from fltac_secure.simulation.methods import FLTAC, Oracle
 
@@ -172,8 +173,8 @@ def test_secure_trimmed_means_equal_the_plain_ones(plan, bits):
     secure, report = LocalSecureAggregation(p, sites).aggregate(state, assignment, trained, counts, head_rows=rows)
     assert all(r["status"] == "summed" for r in report.values())
     # float32: the ring's fixed point.  8 bits: each holder's weighted update is rounded once on the common grid
-    # (step secure_clip / 127), and the row's sum is divided by the holders' weight share (>= 10 / 25 here)
-    tol = 1e-4 if bits == 32 else 2 * (0.5 / 127) * 25 / 10 + 1e-5
+    # (step secure_clip / (127 - sites)), and the row's sum is divided by the holders' weight share (>= 10 / 25 here)
+    tol = 1e-4 if bits == 32 else 2 * (0.5 / grid_levels(8, len(p.roster))) * 25 / 10 + 1e-5
     for cid in (0, 1):
         np.testing.assert_allclose(secure.cluster_vectors[cid], plain.cluster_vectors[cid], atol=tol)
     for k in keys:
