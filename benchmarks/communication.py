@@ -19,18 +19,27 @@ protocol's keys and shares, which ``benchmarks/secagg.py`` measures):
     fedit-r8-b32                                    FedIT r8 in float32, the comparison the issue names
 
 ``--secure on|off`` overrides the plan's secure aggregation (bench-4task has it
-on: the quantised updates are then summed in the narrow ring with
-``compression.secure_clip``; ``--secure-clip`` sets it). Error feedback stays
-off (it does not compose with secure aggregation). Head trimming composes
-with secure aggregation: a cluster's masked upload is its wire part at K_c,
-the widest member slot's label count. ``--quick`` is a smoke run
-written under ``--work`` unless ``--results`` is given.
+on: the quantised updates are then summed in a ring exactly ``bits`` wide on
+the common grid ``compression.secure_clip / (2^(bits-1) - 1 - sites)``;
+``--secure-clip`` sets the clip). On a 10-site roster that grid leaves no
+step at 4 bits, so the 4-bit variants run only with ``--secure off`` (they
+are skipped, or refused when named in ``--only``). Error feedback stays off
+(it does not compose with secure aggregation). Head trimming composes with
+secure aggregation: a cluster's masked upload is its wire part at K_c, the
+widest member slot's label count. ``--quick`` is a smoke run written under
+``--work`` unless ``--results`` is given.
+
+Results go to ``communication.{json,md,png}`` with secure aggregation on and
+``communication-plain.*`` with it off (``--name`` overrides); the secure
+report compares each masked upload with the plain upload of the same variant
+when the plain file sits beside it. Jobs run side by side (each with its own
+``--results`` and ``--work``) are joined with ``--merge``.
 
     .venv/bin/python benchmarks/communication.py                      # bench-4task, 3 seeds
+    .venv/bin/python benchmarks/communication.py --secure off         # the same without secure aggregation
     .venv/bin/python benchmarks/communication.py --quick --seeds 1 --only fltac-r1-b8
     .venv/bin/python benchmarks/communication.py --resume          # only the (variant, seed) runs not saved yet
-
-Writes RESULTS/communication.{json,md,png} (accuracy against upload bytes per round).
+    .venv/bin/python benchmarks/communication.py --secure off --merge /tmp/a/communication-plain.json ...
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, chosen_variants, make_plan  # noqa: E402
+from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, chosen_variants, make_plan, merge_results  # noqa: E402
 from accuracy_report import mean_sd  # noqa: E402
 
 VARIANTS = {  # name -> (method, rank, bits up, train LoRA A, trim the head to the task's rows, bits down)
@@ -98,9 +107,13 @@ def summary(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
             **{k: first[k] for k in ("up_bytes_per_round", "down_bytes_per_round", "up_params_per_round", "bits")}}
 
 
-def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], meta: dict[str, Any], plain: dict[str, Any] | None = None) -> str:
     rows = [f"# Communication: accuracy against bytes per round ({meta['plan']})", "", meta["setup"], "",
             f"Command: `{meta['command']}`", "",
+            "Bytes are the tensors each round moves for all sites together: vectors or quantised updates (with "
+            "their block scales), sketches and counts up; round-start vectors down. Under secure aggregation "
+            "the masked vectors, without the protocol's keys and shares (`benchmarks/secagg.py` measures those).",
+            "",
             "| variant | bits up | bits down | mean accuracy | up bytes / round | down bytes / round "
             "| up vs fltac-r1-b32 |",
             "|---|---:|---:|---:|---:|---:|---:|"]
@@ -111,33 +124,62 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         ratio = f"{ref / s['up_bytes_per_round']:.2f}x fewer" if ref else "-"
         rows.append(f"| {name} | {s['bits']} | {s['download_bits']} | {acc['mean']:.3f} ± {acc['sd']:.3f} (n={acc['n']}) | "
                     f"{s['up_bytes_per_round']:,} | {s['down_bytes_per_round']:,} | {ratio} |")
-    return "\n".join(rows + ["", *targets(results)]) + "\n"
+    return "\n".join(rows + ["", *targets(results), *masked_vs_plain(results, plain)]) + "\n"
+
+
+def paired_gap(ref: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of ``row`` minus the reference's, in points, over the seeds both ran (mean, sd, n)."""
+    seeds = sorted(set(ref["per_seed"]) & set(row["per_seed"]), key=int)
+    if not seeds:
+        return {"mean": float("nan"), "sd": 0.0, "n": 0}
+    return mean_sd([100 * (row["per_seed"][s]["mean_accuracy"] - ref["per_seed"][s]["mean_accuracy"]) for s in seeds])
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    """Each compressed variant against the issue's targets: accuracy within 0.5 points of float32 FL-TAC r1,
-    >= 6x fewer upload bytes than it, >= 16x fewer bytes up + down than FedIT r8 in float32."""
-    ref = results.get("fltac-r1-b32", {}).get("summary")
-    if ref is None:
+    """Each compressed variant against the issue's targets: accuracy within 0.5 points of float32 FL-TAC r1
+    (paired by seed), >= 6x fewer upload bytes than it, >= 16x fewer bytes up + down than FedIT r8 in float32."""
+    ref_row = results.get("fltac-r1-b32")
+    if ref_row is None:
         return ["## Targets", "", "- no fltac-r1-b32 row yet: nothing to compare against"]
+    ref = ref_row["summary"]
     fedit = results.get("fedit-r8-b32", {}).get("summary")
     out = ["## Targets", "",
-           "Against fltac-r1-b32 (float32 FL-TAC r1): at most 0.5 points less mean accuracy, at least 6x fewer upload "
-           "bytes; against fedit-r8-b32 (FedIT r8, float32): at least 16x fewer bytes up + down per round.", ""]
+           "Against fltac-r1-b32 (float32 FL-TAC r1): at most 0.5 points less mean accuracy (paired by seed), at "
+           "least 6x fewer upload bytes; against fedit-r8-b32 (FedIT r8, float32): at least 16x fewer bytes up + "
+           "down per round.", ""]
     for name, row in results.items():
         s = row["summary"]
         if name in ("fltac-r1-b32", "fedit-r8-b32"):
             continue
-        drop = 100 * (ref["mean_accuracy"]["mean"] - s["mean_accuracy"]["mean"])
+        gap = paired_gap(ref_row, row)
         up = ref["up_bytes_per_round"] / s["up_bytes_per_round"]
-        text = (f"- {name}: {-drop:+.1f} points ({'met' if drop <= 0.5 else 'missed'}), upload {up:.1f}x fewer "
-                f"({'met' if up >= 6 else 'missed'})")
+        text = (f"- {name}: {gap['mean']:+.1f} points ({'met' if gap['mean'] >= -0.5 else 'missed'}), upload "
+                f"{up:.1f}x fewer ({'met' if up >= 6 else 'missed'})")
         if fedit:
             total = (fedit["up_bytes_per_round"] + fedit["down_bytes_per_round"]) / (
                 s["up_bytes_per_round"] + s["down_bytes_per_round"])
             text += f", up + down {total:.1f}x fewer than FedIT r8 ({'met' if total >= 16 else 'missed'})"
-        seeds = min(ref["mean_accuracy"]["n"], s["mean_accuracy"]["n"])
-        out.append(f"{text}; {seeds} seed(s)")
+        spread = f", paired sd {gap['sd']:.1f}" if gap["n"] > 1 else ""
+        out.append(f"{text}; {gap['n']} seed(s){spread}")
+    return out
+
+
+def masked_vs_plain(results: dict[str, Any], plain: dict[str, Any] | None) -> list[str]:
+    """Each variant's masked upload against its plain upload (the issue's target: no larger, keys and shares
+    aside) and the accuracy secure aggregation costs, where the plain run of the same variant exists."""
+    both = [n for n in results if plain and n in plain]
+    if not both:
+        return []
+    out = ["", "## Masked against plain uploads", "",
+           "Target: with secure aggregation on, the masked upload no larger than the compressed plain upload "
+           "(the protocol's keys and shares aside).", ""]
+    for name in both:
+        m, p = results[name]["summary"], plain[name]["summary"]
+        gap = paired_gap(plain[name], results[name])
+        ok = "met" if m["up_bytes_per_round"] <= p["up_bytes_per_round"] else "missed"
+        out.append(f"- {name}: masked {m['up_bytes_per_round']:,} B vs plain {p['up_bytes_per_round']:,} B per round "
+                   f"({m['up_bytes_per_round'] / p['up_bytes_per_round']:.3f}x, {ok}); accuracy {gap['mean']:+.1f} "
+                   f"points against plain over {gap['n']} seed(s)")
     return out
 
 
@@ -174,10 +216,44 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep the saved (variant, seed) runs of the same setup and run only what is missing")
+    ap.add_argument("--name", default=None,
+                    help="results file stem (default: communication, or communication-plain with secure aggregation off)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="run nothing: merge the (variant, seed) runs of these results files (same setup) into the "
+                         "saved results and rewrite the report")
     args = ap.parse_args()
     if args.results is None:
         args.results = args.work / "results" if args.quick else RESULTS
     return args
+
+
+def runnable(args: argparse.Namespace, size: dict[str, int], names: list[str]) -> list[str]:
+    """The variants whose plan validates; one named in ``--only`` that does not is refused with the reason."""
+    from fltac_secure.errors import ConfigError
+
+    keep = []
+    for name in names:
+        try:
+            variant_plan(args, size, name, 0)
+        except (ConfigError, ValueError) as exc:
+            if args.only:
+                raise SystemExit(f"{name}: {exc}") from exc
+            print(f"skipping {name}: {str(exc).splitlines()[-1]}", flush=True)
+            continue
+        keep.append(name)
+    return keep
+
+
+def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, name: str) -> None:
+    for row in results.values():
+        row["summary"] = summary(row["per_seed"])
+    order = {n: i for i, n in enumerate(VARIANTS)}
+    results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], len(order))))
+    sibling = where / "communication-plain.json"
+    plain = json.loads(sibling.read_text())["variants"] if name == "communication" and sibling.exists() else None
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{name}.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
+    (where / f"{name}.md").write_text(markdown(results, meta, plain))
 
 
 def main() -> None:
@@ -189,39 +265,46 @@ def main() -> None:
 
     size = QUICK if args.quick else FULL
     names = chosen_variants(args.only, VARIANTS)
-    base = variant_plan(args, size, names[0], 0)
+    base = variant_plan(args, size, "fltac-r1-b32", 0)
+    secure = base.secure_aggregation.enabled
+    name = args.name or ("communication" if secure else "communication-plain")
     meta = {"plan": base.federation,
             "setup": f"{len(base.roster)} sites, {size['rounds']} rounds, {size['local_steps']} local steps, "
                      f"<= {size['max_examples']} examples per task, test sets capped at {size['test_cap']}, "
                      f"block size {args.block_size}, secure aggregation "
-                     f"{'on (secure_clip ' + str(args.secure_clip) + ')' if base.secure_aggregation.enabled else 'off'}",
+                     f"{'on (secure_clip ' + str(args.secure_clip) + ')' if secure else 'off'}",
             "command": "python benchmarks/communication.py " + " ".join(sys.argv[1:])}
+    saved = args.results / f"{name}.json"
+    if args.merge:
+        results, _ = merge_results([saved, *args.merge] if saved.exists() else args.merge, meta["setup"])
+        seeds = max(len(row["per_seed"]) for row in results.values())
+        meta["command"] = (f"python benchmarks/communication.py --seeds {seeds}" + ("" if secure else " --secure off")
+                           + f" --only {','.join(n for n in VARIANTS if n in results)}")
+        write_report(results, meta, args.results, name)
+        plot(results, args.results / f"{name}.png")
+        print(f"merged {len(args.merge)} file(s); wrote {args.results}/{name}.{{json,md,png}}")
+        return
     results: dict[str, Any] = {}
-    saved = args.results / "communication.json"
     if args.resume and saved.exists():
         old = json.loads(saved.read_text())
         if old["meta"]["setup"] != meta["setup"]:
             raise SystemExit(f"saved results in {saved} are from another setup; run without --resume")
         results = old["variants"]
+    names = runnable(args, size, names)
     for seed in range(args.seeds):
         todo = [n for n in names if str(seed) not in results.get(n, {}).get("per_seed", {})]
         if not todo:
             continue
         data = cap_tests(build_federated_data(make_plan(args.plan, size, 1, None, seed)), size["test_cap"], seed)
-        for name in todo:
-            print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed} ...", flush=True)
-            rec = run_one(name, variant_plan(args, size, name, seed), data, args.work / f"seed{seed}")
-            results.setdefault(name, {"per_seed": {}})["per_seed"][str(seed)] = rec
+        for vname in todo:
+            print(f"[{time.strftime('%H:%M:%S')}] {vname} seed {seed} ...", flush=True)
+            rec = run_one(vname, variant_plan(args, size, vname, seed), data, args.work / f"seed{seed}")
+            results.setdefault(vname, {"per_seed": {}})["per_seed"][str(seed)] = rec
             print(f"  mean acc {rec['mean_accuracy']:.3f}, up {rec['up_bytes_per_round']:,} B/round "
                   f"({rec['wall_s']} s)", flush=True)
-            for row in results.values():
-                row["summary"] = summary(row["per_seed"])
-            args.results.mkdir(parents=True, exist_ok=True)
-            (args.results / "communication.json").write_text(json.dumps({"meta": meta, "variants": results},
-                                                                       indent=2) + "\n")
-            (args.results / "communication.md").write_text(markdown(results, meta))
-    plot(results, args.results / "communication.png")
-    print(f"wrote {args.results}/communication.{{json,md,png}}")
+            write_report(results, meta, args.results, name)
+    plot(results, args.results / f"{name}.png")
+    print(f"wrote {args.results}/{name}.{{json,md,png}}")
 
 
 if __name__ == "__main__":

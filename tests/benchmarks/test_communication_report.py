@@ -8,7 +8,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from communication import summary, targets  # noqa: E402
+from communication import masked_vs_plain, summary, targets  # noqa: E402
 
 
 def _row(accs: list[float], up: int, down: int) -> dict:
@@ -32,3 +32,21 @@ def test_targets_met_and_missed() -> None:
 
 def test_targets_without_the_reference_row() -> None:
     assert "no fltac-r1-b32 row yet" in targets({"small": _row([0.9], 1, 1)})[-1]
+
+
+def test_targets_are_paired_by_seed() -> None:
+    """The accuracy gap is taken seed by seed over the seeds both rows ran, with its spread."""
+    results = {"fltac-r1-b32": _row([0.880, 0.890, 0.870], 1_600_000, 1_600_000),
+               "v": _row([0.878, 0.884], 200_000, 100_000)}  # -0.2 and -0.6 on seeds 0 and 1
+    line = next(x for x in targets(results) if x.startswith("- v"))
+    assert line.startswith("- v: -0.4 points (met)") and line.endswith("2 seed(s), paired sd 0.3")
+
+
+def test_masked_uploads_are_compared_with_the_plain_ones() -> None:
+    masked = {"fltac-r1-b32": _row([0.88], 1_600_000, 1_600_000), "v": _row([0.87], 190_000, 100_000)}
+    plain = {"v": _row([0.875], 200_000, 100_000), "other": _row([0.8], 1, 1)}
+    lines = masked_vs_plain(masked, plain)
+    assert any(x.startswith("- v: masked 190,000 B vs plain 200,000 B per round (0.950x, met); accuracy -0.5")
+               for x in lines)
+    assert not any(x.startswith(("- other", "- fltac-r1-b32")) for x in lines)
+    assert masked_vs_plain(masked, None) == []
