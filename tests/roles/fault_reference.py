@@ -4,7 +4,10 @@ The reference is the in-process simulator's arithmetic (``federation.rounds``,
 the functions the aggregator and the sites call) replayed over the
 participation the aggregator recorded: for each round, who was sent
 ROUND_START, whose SKETCHES were clustered and whose UPDATEs were averaged
-(its checkpoint's ``history``).  With full participation this is
+(its checkpoint's ``history``); with ``compression.download_bits`` each round
+runs on the rounded starts drawn from the aggregator's ``rounding_key`` (read
+from its final checkpoint) and keeps the exact means, as the aggregator does.
+With full participation this is
 ``simulate_fltac``, which an uninterrupted process run matches bit for bit
 (``test_fault_matrix.py::test_uninterrupted_run_equals_reference``); where a
 fault cost a site a round, it is the simulation of that participation.
@@ -33,7 +36,7 @@ from fltac_secure.plan import Plan, plan_hash
 Participation = tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...]
 """Per round: (participants, sketched, updated), each in roster order."""
 
-_CACHE: dict[tuple[str, str, Participation], ServerState] = {}
+_CACHE: dict[tuple[str, str, Participation, bytes | None], ServerState] = {}
 
 
 def participation(history: list[dict[str, Any]]) -> Participation:
@@ -56,19 +59,22 @@ def _training_data_digest(plan: Plan, root: Path) -> str:
     return h.hexdigest()
 
 
-def simulate(plan: Plan, data_root: Path, parts: Participation) -> ServerState:
+def simulate(plan: Plan, data_root: Path, parts: Participation, rounding_key: bytes | None = None) -> ServerState:
     """The aggregator's final state for this participation, computed in this process (cached per plan,
-    training data and participation)."""
-    key = (plan_hash(plan), _training_data_digest(plan, data_root), parts)
+    training data, participation and rounding key: the run's own, with ``compression.download_bits``)."""
+    if plan.compression.download and rounding_key is None:
+        raise ValueError("compression.download_bits: pass the run's rounding key (its final state's rounding_key)")
+    key = (plan_hash(plan), _training_data_digest(plan, data_root), parts, rounding_key)
     if key not in _CACHE:
-        _CACHE[key] = _simulate(plan, data_root, parts)
+        _CACHE[key] = _simulate(plan, data_root, parts, rounding_key)
     return _CACHE[key]
 
 
-def _simulate(plan: Plan, data_root: Path, parts: Participation) -> ServerState:
+def _simulate(plan: Plan, data_root: Path, parts: Participation, rounding_key: bytes | None) -> ServerState:
     """``FLTAC.run_round`` of the simulator, generalised as the aggregator's ``_round`` is: sketches of the
     sites that answered in time are clustered, vectors of those that updated are averaged."""
     from fltac_secure.data.layout import load_federated_dir
+    from fltac_secure.federation.compressed import Downlink, keep_exact
     from fltac_secure.federation.rounds import (
         client_round,
         server_aggregate,
@@ -79,11 +85,15 @@ def _simulate(plan: Plan, data_root: Path, parts: Participation) -> ServerState:
 
     ctx = SimContext(plan, load_federated_dir(plan, data_root))
     init = initial_vector(plan, plan.training.seed)
-    state = ServerState(round=0, k=plan.k, vectors={})
+    state = ServerState(round=0, k=plan.k, vectors={}, rounding_key=rounding_key)
+    down = Downlink.of(plan) if plan.compression.download else None
     for r, (present, sketched, updated) in enumerate(parts):
         for site in present:  # a slot seen for the first time starts from the common initial adapter
             for slot in ctx.slots_of(site):
                 state.vectors.setdefault(slot.key, init.copy())
+        exact = state
+        if down is not None:  # the round runs on the rounded starts its ROUND_START carried
+            state, _ = down.started(state, None)
         results = {s: client_round(ctx.model, s, ctx.slots_of(s), state.vectors, r, plan) for s in sketched}
         sketches = {x.key: np.asarray(x.sketch, dtype=np.float64) for s in sketched for x in results[s]}
         counts = {x.key: x.n_samples for s in sketched for x in results[s]}
@@ -92,7 +102,8 @@ def _simulate(plan: Plan, data_root: Path, parts: Participation) -> ServerState:
         sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
                                           labels={k: assignment.labels[k] for k in vectors},
                                           centroids=assignment.clusters.centroids))
-        state = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, plan)
+        new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, plan)
+        state = keep_exact(new, state, exact) if down is not None else new
     return state
 
 

@@ -15,9 +15,15 @@ uninterrupted run's when everyone took part
 A killed site may miss a round only if it is not back within ``round_s``;
 an aggregator restart must cost no site a round.
 
-The default suite runs two representative cells (the aggregator SIGKILLed
-with the ASSIGNMENT out; a site SIGTERMed mid-UPDATE); ``-m slow`` runs all
-24, the uninterrupted reference and a site that never returns (the other
+Quantised downloads (``compression.download_bits``) add cells of their own:
+the round starts are rounded with draws from the aggregator's checkpointed
+``rounding_key``, so a restarted aggregator must send the same ROUND_START
+bytes and keep the exact means, and the reference replays those draws.
+
+The default suite runs three representative cells (the aggregator SIGKILLed
+with the ASSIGNMENT out; a site SIGTERMed mid-UPDATE; with 8-bit downloads,
+the aggregator SIGKILLed while the sites train on its ROUND_START); ``-m
+slow`` runs all 24, the other download cells, the uninterrupted reference and a site that never returns (the other
 branch of the reference: the simulation of a partial participation).  Each
 cell costs a federation start-up (four Python processes importing torch)
 plus a restart.
@@ -68,21 +74,27 @@ EXIT_S = 240.0
 """Bound on the aggregator's exit after the restart (a loaded machine; a restarted final phase may wait)."""
 
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
-DEFAULT = {("aggregator", "SIGKILL", "assignment"), ("site", "SIGTERM", "update")}
+DEFAULT = {("aggregator", "SIGKILL", "assignment", 32), ("site", "SIGTERM", "update", 32),
+           ("aggregator", "SIGKILL", "training", 8)}
 """The cells of the default suite; the rest run with -m slow."""
 
+DOWNLOAD_CELLS = [("aggregator", sig, phase) for sig in SIGNALS for phase in ("training", "sketches", "update", "final")]
+DOWNLOAD_CELLS += [("site", signal.SIGKILL, "training"), ("site", signal.SIGTERM, "update")]
+"""With 8-bit downloads: the phases where a ROUND_START is in flight or answered, and the FINAL hand-out."""
 
-def matrix_plan() -> Plan:
+
+def matrix_plan(download_bits: int = 32) -> Plan:
     timeouts = {"handshake_s": 5, "round_s": ROUND_S, "idle_s": 30, "join_s": JOIN_S}
-    return tiny_plan(rounds=2, training=TRAINING, timeouts=timeouts)
+    extra = {"compression": {"download_bits": download_bits, "block_size": 16}} if download_bits < 32 else {}
+    return tiny_plan(rounds=2, training=TRAINING, timeouts=timeouts, **extra)
 
 
 def _cells() -> Iterator[object]:
-    for role in ("aggregator", "site"):
-        for sig in SIGNALS:
-            for phase in PHASES:
-                marks = [] if (role, sig.name, phase) in DEFAULT else [pytest.mark.slow]
-                yield pytest.param(role, sig, phase, id=f"{role}-{sig.name}-{phase}", marks=marks)
+    cells = [(role, sig, phase, 32) for role in ("aggregator", "site") for sig in SIGNALS for phase in PHASES]
+    for role, sig, phase, bits in cells + [(*cell, 8) for cell in DOWNLOAD_CELLS]:
+        marks = [] if (role, sig.name, phase, bits) in DEFAULT else [pytest.mark.slow]
+        prefix = f"download{bits}-" if bits < 32 else ""
+        yield pytest.param(role, sig, phase, bits, id=f"{prefix}{role}-{sig.name}-{phase}", marks=marks)
 
 
 def _await_end(st: Steer) -> None:
@@ -104,7 +116,7 @@ def _assert_reference(fed: Fed, st: Steer, role: str) -> None:
         missing = {s for present, sketched, updated in parts for s in set(fed.plan.roster) - set(updated)}
         assert role == "site" and missing <= {VICTIM}, (
             f"sites {sorted(missing)} missed rounds: {got.history}\n{report(st.every())}")
-    want = simulate(fed.plan, fed.layout.root, parts)
+    want = simulate(fed.plan, fed.layout.root, parts, got.state.rounding_key)
     bad = differences(fed.plan, got, want)
     assert not bad, "\n".join(bad[:20]) + f"\nparticipation {parts}"
     for name, folder in fed.layout.sites.items():
@@ -113,9 +125,9 @@ def _assert_reference(fed: Fed, st: Steer, role: str) -> None:
 
 
 @pytest.mark.timeout(480)
-@pytest.mark.parametrize(("role", "sig", "phase"), list(_cells()))
-def test_fault_matrix(tmp_path: Path, role: str, sig: signal.Signals, phase: str) -> None:
-    fed = make_fed(tmp_path / "fed", matrix_plan())
+@pytest.mark.parametrize(("role", "sig", "phase", "download_bits"), list(_cells()))
+def test_fault_matrix(tmp_path: Path, role: str, sig: signal.Signals, phase: str, download_bits: int) -> None:
+    fed = make_fed(tmp_path / "fed", matrix_plan(download_bits))
     for name in slow_final_sites(role, phase):
         lengthen_final_evaluation(fed.layout, name)
     procs: dict[str, RoleProc] = {}
