@@ -8,7 +8,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from communication import masked_vs_plain, summary, targets  # noqa: E402
+from communication import fewer, masked_vs_plain, summary, targets  # noqa: E402
 
 
 def _row(accs: list[float], up: int, down: int) -> dict:
@@ -50,3 +50,13 @@ def test_masked_uploads_are_compared_with_the_plain_ones() -> None:
                for x in lines)
     assert not any(x.startswith(("- other", "- fltac-r1-b32")) for x in lines)
     assert masked_vs_plain(masked, None) == []
+
+
+def test_bytes_are_compared_over_the_seeds_both_ran() -> None:
+    """A seed's partition decides how many slots the sites hold, so bytes differ by seed: ratios use common seeds."""
+    ref = _row([0.88, 0.87, 0.86], 1_000, 1_000)
+    for seed, up in (("0", 1_000), ("1", 800), ("2", 5_000)):
+        ref["per_seed"][seed]["up_bytes_per_round"] = up
+    ref["summary"] = summary(ref["per_seed"])
+    row = _row([0.88, 0.87], 100, 100)
+    assert ref["summary"]["up_bytes_per_round"] == 2_267 and fewer(ref, row) == 9.0
