@@ -16,6 +16,7 @@ protocol's keys and shares, which ``benchmarks/secagg.py`` measures):
                                                     aggregation each cluster is K_c rows wide)
     fltac-r1-trim-b8-d8  fltac-r1-trim-b4-d4        ... and the ROUND_START vectors quantised too
     fltac-r1-ffa-trim-b8-d8  ...-ffa-trim-b4-d4     (compression.download_bits: 8 or 4 bits down)
+    fltac-r1-ffa-lr2-trim-b8-d8                     ... FFA-LoRA at twice the plan's learning rate
     fedit-r8-b32                                    FedIT r8 in float32, the comparison the issue names
 
 ``--secure on|off`` overrides the plan's secure aggregation (bench-4task has it
@@ -70,16 +71,21 @@ VARIANTS = {  # name -> (method, rank, bits up, train LoRA A, trim the head to t
     "fltac-r1-ffa-trim-b8": ("fltac", 1, 8, False, True, 32), "fltac-r1-ffa-trim-b4": ("fltac", 1, 4, False, True, 32),
     "fltac-r1-ffa-trim-b8-d8": ("fltac", 1, 8, False, True, 8),
     "fltac-r1-ffa-trim-b4-d4": ("fltac", 1, 4, False, True, 4),
+    "fltac-r1-ffa-lr2-trim-b8-d8": ("fltac", 1, 8, False, True, 8, 2.0),
     "fedit-r8-b32": ("fedit", 8, 32, True, False, 32),
 }
+"""name -> (method, rank, bits up, train LoRA A, trim the head, bits down[, learning-rate multiplier]); the
+``-lr2`` variant gives FFA-LoRA twice the plan's learning rate: with A frozen only B moves, so an update of
+the same size needs a larger step (Sun et al. 2024 tune FFA-LoRA's learning rate apart from LoRA's)."""
 
 
 def variant_plan(args: argparse.Namespace, size: dict[str, int], name: str, seed: int) -> Any:
     from fltac_secure.plan.schema import Plan
 
-    _, rank, bits, train_a, trim, down = VARIANTS[name]
+    _, rank, bits, train_a, trim, down, *lr = VARIANTS[name]
     raw = make_plan(args.plan, size, rank, None, seed).model_dump()
     raw["model"]["lora"]["train_a"] = train_a
+    raw["training"]["learning_rate"] *= lr[0] if lr else 1.0
     if args.secure != "plan":
         raw["secure_aggregation"]["enabled"] = args.secure == "on"
     raw["compression"] = {"bits": bits, "block_size": args.block_size, "secure_clip": args.secure_clip,
