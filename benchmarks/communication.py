@@ -76,7 +76,8 @@ VARIANTS = {  # name -> (method, rank, bits up, train LoRA A, trim the head to t
 }
 """name -> (method, rank, bits up, train LoRA A, trim the head, bits down[, learning-rate multiplier]); the
 ``-lr2`` variant gives FFA-LoRA twice the plan's learning rate: with A frozen only B moves, so an update of
-the same size needs a larger step (Sun et al. 2024 tune FFA-LoRA's learning rate apart from LoRA's)."""
+the same size needs a larger step (with AdamW, twice the step on B moves B A as doubling alpha would; Sun et
+al. 2024 report FFA-LoRA insensitive to alpha over a wide range). One setting, not a tuned one."""
 
 
 def variant_plan(args: argparse.Namespace, size: dict[str, int], name: str, seed: int) -> Any:
