@@ -103,6 +103,7 @@ def run_epsilon(epsilon: float, plan: Any, data: Any, work: Path, method: str = 
         "tasks": {t: m["accuracy"] for t, m in final["tasks"].items()}, "mean_accuracy": final["mean_accuracy"],
         "mean_macro_f1": final.get("mean_macro_f1"),
         "rounds": [{"round": r["round"], "mean_accuracy": r.get("mean_accuracy"), "ari": r.get("ari"),
+                    "separation": r.get("separation"), "kept_clusters": r.get("kept_clusters"),
                     "train_loss": r.get("train_loss")} for r in res.rounds],
         "epsilon_spent": eps, "max_epsilon_spent": max(spent) if spent else None,
     }
@@ -117,10 +118,12 @@ def summarise(per_seed: dict[str, Any]) -> dict[str, Any]:
 
     tasks = list(runs[0]["tasks"])
     aris = [[r["rounds"][i].get("ari") for r in runs] for i in range(len(runs[0]["rounds"]))]
+    seps = [[r["rounds"][i].get("separation") for r in runs] for i in range(len(runs[0]["rounds"]))]
     spent = [r["max_epsilon_spent"] for r in runs if r["max_epsilon_spent"] is not None]
     return {"seeds": len(runs), "mean_accuracy": ms([r["mean_accuracy"] for r in runs]),
             "tasks": {t: ms([r["tasks"][t] for r in runs]) for t in tasks},
             "ari": [None if any(a is None for a in col) else ms(col) for col in aris],
+            "separation": [None if any(a is None for a in col) else ms(col) for col in seps],
             "max_epsilon_spent": max(spent) if spent else None,
             "wall_s": statistics.fmean(r["wall_s"] for r in runs)}
 
@@ -195,15 +198,19 @@ def markdown(res: dict[str, Any]) -> str:
         first = next(iter(acc.values()))["summary"]
         tasks = list(first["tasks"])
         rounds = len(first["ari"])
-        lines += ["Mean ± sd over seeds; ARI of the clusters against the true tasks per round.", "",
-                  "| row | seeds | " + " | ".join(tasks) + " | mean acc | ARI per round | max epsilon spent | wall s |",
-                  "|---|---:|" + "---:|" * len(tasks) + "---:|---|---:|---:|"]
+        lines += ["Mean ± sd over seeds; ARI of the clusters against the true tasks per round, and the separation "
+                  "of the round's partition (silhouette of the sketches; about 0 for noise, '-' where not recorded).",
+                  "",
+                  "| row | seeds | " + " | ".join(tasks) + " | mean acc | ARI per round | separation per round "
+                  "| max epsilon spent | wall s |",
+                  "|---|---:|" + "---:|" * len(tasks) + "---:|---|---|---:|---:|"]
         for name, row in acc.items():
             m = row["summary"]
             ari = " ".join("-" if a is None else f"{a[0]:.2f}" for a in m["ari"][:rounds])
+            sep = " ".join("-" if a is None else f"{a[0]:.2f}" for a in m.get("separation", [None] * rounds)[:rounds])
             spent = "-" if m["max_epsilon_spent"] is None else f"{m['max_epsilon_spent']:.3f}"
             lines.append(f"| {name} | {m['seeds']} | " + " | ".join(fmt(m["tasks"][t]) for t in tasks)
-                         + f" | {fmt(m['mean_accuracy'])} | {ari} | {spent} | {m['wall_s']:.0f} |")
+                         + f" | {fmt(m['mean_accuracy'])} | {ari} | {sep} | {spent} | {m['wall_s']:.0f} |")
         lines.append("")
     t = res.get("timing")
     if t:
