@@ -56,7 +56,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import FULL, QUICK, RESULTS, ROOT, cap_tests, chosen_variants, make_plan, merge_results  # noqa: E402
+from accuracy import (  # noqa: E402
+    FULL,
+    QUICK,
+    RESULTS,
+    ROOT,
+    cap_tests,
+    chosen_variants,
+    make_plan,
+    merge_results,
+    results_name,
+)
 from accuracy_report import mean_sd  # noqa: E402
 
 VARIANTS = {  # name -> (method, rank, bits up, train LoRA A, trim the head to the task's rows, bits down)
@@ -240,7 +250,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true",
                     help="keep the saved (variant, seed) runs of the same setup and run only what is missing")
     ap.add_argument("--name", default=None,
-                    help="results file stem (default: communication, or communication-plain with secure aggregation off)")
+                    help="results file stem (default: communication[-conflict], + -plain with secure aggregation off)")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="run nothing: merge the (variant, seed) runs of these results files (same setup) into the "
                          "saved results and rewrite the report")
@@ -267,13 +277,14 @@ def runnable(args: argparse.Namespace, size: dict[str, int], names: list[str]) -
     return keep
 
 
-def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, name: str) -> None:
+def write_report(results: dict[str, Any], meta: dict[str, Any], where: Path, name: str, stem: str) -> None:
+    """``name``.json/.md; the secure report (``name == stem``) compares with ``stem``-plain.json beside it."""
     for row in results.values():
         row["summary"] = summary(row["per_seed"])
     order = {n: i for i, n in enumerate(VARIANTS)}
     results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], len(order))))
-    sibling = where / "communication-plain.json"
-    plain = json.loads(sibling.read_text())["variants"] if name == "communication" and sibling.exists() else None
+    sibling = where / f"{stem}-plain.json"
+    plain = json.loads(sibling.read_text())["variants"] if name == stem and sibling.exists() else None
     where.mkdir(parents=True, exist_ok=True)
     (where / f"{name}.json").write_text(json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
     (where / f"{name}.md").write_text(markdown(results, meta, plain))
@@ -290,7 +301,8 @@ def main() -> None:
     names = chosen_variants(args.only, VARIANTS)
     base = variant_plan(args, size, "fltac-r1-b32", 0)
     secure = base.secure_aggregation.enabled
-    name = args.name or ("communication" if secure else "communication-plain")
+    stem = "communication" + results_name(args.plan).removeprefix("accuracy")  # communication-conflict, ...
+    name = args.name or (stem if secure else stem + "-plain")
     meta = {"plan": base.federation,
             "setup": f"{len(base.roster)} sites, {size['rounds']} rounds, {size['local_steps']} local steps, "
                      f"<= {size['max_examples']} examples per task, test sets capped at {size['test_cap']}, "
@@ -303,7 +315,7 @@ def main() -> None:
         seeds = max(len(row["per_seed"]) for row in results.values())
         meta["command"] = (f"python benchmarks/communication.py --seeds {seeds}" + ("" if secure else " --secure off")
                            + f" --only {','.join(n for n in VARIANTS if n in results)}")
-        write_report(results, meta, args.results, name)
+        write_report(results, meta, args.results, name, stem)
         plot(results, args.results / f"{name}.png")
         print(f"merged {len(args.merge)} file(s); wrote {args.results}/{name}.{{json,md,png}}")
         return
@@ -325,7 +337,7 @@ def main() -> None:
             results.setdefault(vname, {"per_seed": {}})["per_seed"][str(seed)] = rec
             print(f"  mean acc {rec['mean_accuracy']:.3f}, up {rec['up_bytes_per_round']:,} B/round "
                   f"({rec['wall_s']} s)", flush=True)
-            write_report(results, meta, args.results, name)
+            write_report(results, meta, args.results, name, stem)
     plot(results, args.results / f"{name}.png")
     print(f"wrote {args.results}/{name}.{{json,md,png}}")
 
