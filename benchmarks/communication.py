@@ -114,7 +114,7 @@ def run_one(name: str, plan: Any, data: Any, out: Path) -> dict[str, Any]:
     return {"mean_accuracy": final["mean_accuracy"], "up_bytes_per_round": final["up_bytes"],
             "down_bytes_per_round": final["down_bytes"], "up_params_per_round": final["up_params"],
             "bits": final["bits"], "download_bits": plan.compression.download_bits,
-            "wall_s": round(time.perf_counter() - t0, 1),
+            "wall_s": round(time.perf_counter() - t0, 1), "load_avg": [round(x, 2) for x in os.getloadavg()],
             "curve": [r.get("mean_accuracy") for r in res.rounds]}
 
 
@@ -129,12 +129,20 @@ def summary(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
                for k in ("up_bytes_per_round", "down_bytes_per_round", "up_params_per_round")}}
 
 
+def common_seeds(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(set(a["per_seed"]) & set(b["per_seed"]), key=int)
+
+
+def mean_bytes(row: dict[str, Any], seeds: list[str], keys: tuple[str, ...] = ("up_bytes_per_round",)) -> float:
+    """``keys`` summed, averaged over ``seeds`` (all the row's seeds when empty)."""
+    seeds = seeds or list(row["per_seed"])
+    return sum(row["per_seed"][s][k] for s in seeds for k in keys) / len(seeds)
+
+
 def fewer(ref: dict[str, Any], row: dict[str, Any], keys: tuple[str, ...] = ("up_bytes_per_round",)) -> float:
     """How many times fewer bytes ``row`` moves than ``ref`` (``keys`` summed) over the seeds both ran."""
-    seeds = sorted(set(ref["per_seed"]) & set(row["per_seed"]), key=int) or None
-    def total(r: dict[str, Any]) -> float:
-        return sum(r["per_seed"][s][k] for s in (seeds or r["per_seed"]) for k in keys) / len(seeds or r["per_seed"])
-    return total(ref) / total(row)
+    seeds = common_seeds(ref, row)
+    return mean_bytes(ref, seeds, keys) / mean_bytes(row, seeds, keys)
 
 
 def markdown(results: dict[str, Any], meta: dict[str, Any], plain: dict[str, Any] | None = None) -> str:
@@ -144,7 +152,10 @@ def markdown(results: dict[str, Any], meta: dict[str, Any], plain: dict[str, Any
             "their block scales), sketches and counts up; round-start vectors down. Under secure aggregation "
             "the masked vectors, without the protocol's keys and shares (`benchmarks/secagg.py` measures those). "
             "A seed's partition decides how many task slots the sites hold, so bytes are the mean over the seeds a "
-            "row ran, and every ratio is taken over the seeds both rows ran.",
+            "row ran, and every ratio is taken over the seeds both rows ran. Quantisation draws come from the "
+            "operating system, as in a deployment, so a rerun's accuracies differ from these by rounding noise "
+            "(the paired sd over seeds shows its order); bytes are exact. Machine load changes only wall times "
+            "(in the json): " + load_line(results),
             "",
             "| variant | bits up | bits down | mean accuracy | up bytes / round | down bytes / round "
             "| up vs fltac-r1-b32 |",
@@ -160,9 +171,20 @@ def markdown(results: dict[str, Any], meta: dict[str, Any], plain: dict[str, Any
     return "\n".join(rows + ["", *targets(results), *masked_vs_plain(results, plain)]) + "\n"
 
 
+def load_line(results: dict[str, Any]) -> str:
+    """The load average (1/5/15 min) at the end of each run, where the run recorded it."""
+    loads = [r["load_avg"] for row in results.values() for r in row["per_seed"].values() if "load_avg" in r]
+    runs = sum(len(row["per_seed"]) for row in results.values())
+    if not loads:
+        return f"load not recorded for these {runs} runs."
+    five = [x[1] for x in loads]
+    return (f"5-minute load average {min(five):.1f}-{max(five):.1f} at the end of {len(loads)} of {runs} runs "
+            f"(the others did not record it).")
+
+
 def paired_gap(ref: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
     """Accuracy of ``row`` minus the reference's, in points, over the seeds both ran (mean, sd, n)."""
-    seeds = sorted(set(ref["per_seed"]) & set(row["per_seed"]), key=int)
+    seeds = common_seeds(ref, row)
     if not seeds:
         return {"mean": float("nan"), "sd": 0.0, "n": 0}
     return mean_sd([100 * (row["per_seed"][s]["mean_accuracy"] - ref["per_seed"][s]["mean_accuracy"]) for s in seeds])
@@ -204,12 +226,11 @@ def masked_vs_plain(results: dict[str, Any], plain: dict[str, Any] | None) -> li
            "Target: with secure aggregation on, the masked upload no larger than the compressed plain upload "
            "(the protocol's keys and shares aside).", ""]
     for name in both:
-        gap = paired_gap(plain[name], results[name])
-        seeds = sorted(set(plain[name]["per_seed"]) & set(results[name]["per_seed"]), key=int)
+        seeds = common_seeds(plain[name], results[name])
         if not seeds:
             continue
-        m, p = (round(np.mean([r["per_seed"][s]["up_bytes_per_round"] for s in seeds]))
-                for r in (results[name], plain[name]))
+        gap = paired_gap(plain[name], results[name])
+        m, p = (round(mean_bytes(r, seeds)) for r in (results[name], plain[name]))
         ok = "met" if m <= p else "missed"
         out.append(f"- {name}: masked {m:,} B vs plain {p:,} B per round ({m / p:.3f}x, {ok}); accuracy "
                    f"{gap['mean']:+.1f} points against plain; {len(seeds)} seed(s)")

@@ -117,13 +117,15 @@ def summarise(per_seed: dict[str, Any]) -> dict[str, Any]:
         return [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
 
     tasks = list(runs[0]["tasks"])
-    aris = [[r["rounds"][i].get("ari") for r in runs] for i in range(len(runs[0]["rounds"]))]
-    seps = [[r["rounds"][i].get("separation") for r in runs] for i in range(len(runs[0]["rounds"]))]
+    def per_round(key: str) -> list[list[float] | None]:
+        """Mean and sd over seeds of a per-round value (None where a seed did not record it)."""
+        cols = [[r["rounds"][i].get(key) for r in runs] for i in range(len(runs[0]["rounds"]))]
+        return [None if any(a is None for a in col) else ms(col) for col in cols]
+
     spent = [r["max_epsilon_spent"] for r in runs if r["max_epsilon_spent"] is not None]
     return {"seeds": len(runs), "mean_accuracy": ms([r["mean_accuracy"] for r in runs]),
             "tasks": {t: ms([r["tasks"][t] for r in runs]) for t in tasks},
-            "ari": [None if any(a is None for a in col) else ms(col) for col in aris],
-            "separation": [None if any(a is None for a in col) else ms(col) for col in seps],
+            "ari": per_round("ari"), "separation": per_round("separation"),
             "max_epsilon_spent": max(spent) if spent else None,
             "wall_s": statistics.fmean(r["wall_s"] for r in runs)}
 

@@ -88,8 +88,9 @@ class QuantRing:
         return grid_levels(self.value_bits, self.members)
 
     def capacity(self) -> int:
-        """The most members whose rounded shares sum without wrapping at this grid: ``L + n <= 2^(bits-1) - 1``."""
-        return 2 ** (self.bits - 1) - 1 - self.levels
+        """The most members whose rounded shares sum without wrapping: the ``members`` the grid was cut for
+        (``L + n = 2^(bits-1) - 1``)."""
+        return self.members
 
     def packed_nbytes(self, length: int) -> int:
         return -(-length * self.bits // 8)
@@ -107,9 +108,7 @@ class QuantRing:
         return self.reduce(v.astype(self.dtype))
 
     def reduce(self, arr: np.ndarray) -> np.ndarray:
-        """Cut ring elements to ``bits`` (mod 2^bits)."""
-        if self.bits == 8 * np.dtype(self.dtype).itemsize:
-            return arr
+        """Cut ring elements to ``bits`` (mod 2^bits; at most 16 bits, below the uint32 they are computed in)."""
         return arr & self.dtype((1 << self.bits) - 1)
 
     def signed(self, total: np.ndarray) -> np.ndarray:

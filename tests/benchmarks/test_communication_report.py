@@ -60,3 +60,12 @@ def test_bytes_are_compared_over_the_seeds_both_ran() -> None:
     ref["summary"] = summary(ref["per_seed"])
     row = _row([0.88, 0.87], 100, 100)
     assert ref["summary"]["up_bytes_per_round"] == 2_267 and fewer(ref, row) == 9.0
+
+
+def test_the_load_is_reported_where_runs_recorded_it() -> None:
+    from communication import load_line
+
+    rows = {"a": _row([0.8, 0.9], 1, 1)}
+    assert load_line(rows) == "load not recorded for these 2 runs."
+    rows["a"]["per_seed"]["0"]["load_avg"] = [2.5, 2.1, 1.9]
+    assert load_line(rows).startswith("5-minute load average 2.1-2.1 at the end of 1 of 2 runs")
