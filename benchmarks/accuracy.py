@@ -131,8 +131,11 @@ def run_variant(name: str, plan: Any, data: Any, out: Path, ctx: Any, clusters_t
     return rec
 
 
-def merge_results(paths: list[Path], setup: str) -> tuple[dict[str, Any], str]:
-    """The union of the (variant, seed) runs in ``paths``, all of ``setup``; a run that differs between files is refused."""
+def merge_results(paths: list[Path], setup: str, rows: str = "variants") -> tuple[dict[str, Any], str]:
+    """The union of the (variant, seed) runs in ``paths``, all of ``setup``; a run that differs between files is refused.
+
+    ``rows``: the results key holding the variants (``accuracy`` in ``dp.py``'s files).
+    """
     merged: dict[str, Any] = {}
     machine = ""
     for path in paths:
@@ -144,7 +147,7 @@ def merge_results(paths: list[Path], setup: str) -> tuple[dict[str, Any], str]:
             raise SystemExit(f"{path} holds results of another setup ({saved.get('meta', {}).get('setup')!r}); "
                              f"merge only files of this plan and size: {setup!r}")
         machine = machine or saved["meta"].get("machine", "")
-        for vname, row in saved["variants"].items():
+        for vname, row in saved.get(rows, {}).items():
             into = merged.setdefault(vname, {"per_seed": {}})["per_seed"]
             for seed, rec in row["per_seed"].items():
                 if seed in into and into[seed]["mean_accuracy"] != rec["mean_accuracy"]:

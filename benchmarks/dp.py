@@ -266,7 +266,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--epsilons", default=EPSILONS, help=f"comma-separated budgets, inf = no DP (default {EPSILONS})")
     ap.add_argument("--no-old", action="store_true", help="skip the 'eps=8 old' row (settings before the recipe)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per row (0..N-1: partition and training seed)")
+    ap.add_argument("--only-seeds", default=None, metavar="LIST",
+                    help="comma-separated seeds to run (of 0..SEEDS-1), e.g. for jobs run side by side")
     ap.add_argument("--resume", action="store_true", help="keep saved (row, seed) runs of the same setup")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="run nothing: merge the (row, seed) runs of these results files (same setup and recipe) "
+                         "into RESULTS/NAME.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved json")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -307,6 +312,13 @@ def parse() -> argparse.Namespace:
         ap.error(f"--epsilons {args.epsilons!r}: give numbers or inf, comma-separated")
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    try:
+        args.seed_list = list(range(args.seeds)) if args.only_seeds is None else \
+            sorted({int(x) for x in args.only_seeds.split(",") if x})
+    except ValueError:
+        ap.error(f"--only-seeds {args.only_seeds!r}: give seeds as integers, comma-separated")
+    if not set(args.seed_list) <= set(range(args.seeds)):
+        ap.error(f"--only-seeds {args.only_seeds!r}: each seed must be in 0..{args.seeds - 1} (see --seeds)")
     args.name = args.name or ("dp_quick" if args.quick else "dp")
     args.results = args.results or (args.work / "results" if args.quick else RESULTS)
     return args
@@ -345,6 +357,11 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, shared with other jobs"}
     saved = args.results / f"{args.name}.json"
     res: dict[str, Any] = {"meta": meta, "accuracy": {}}
+    if args.merge:
+        merge_into(res, [saved, *args.merge] if saved.exists() else args.merge)
+        write(res, args.results, args.name)
+        print(f"merged {len(args.merge)} file(s); wrote {args.results}/{args.name}.{{json,md,png}}")
+        return
     if args.resume and saved.exists():
         old = json.loads(saved.read_text())
         if {k: old["meta"].get(k) for k in ("setup", "recipe")} != {k: meta[k] for k in ("setup", "recipe")}:
@@ -361,7 +378,7 @@ def main() -> None:
         rows = [(f"eps={e:g}", e, False) for e in args.eps]
         if not args.no_old:
             rows.append(("eps=8 old", 8.0, True))
-        for seed in range(args.seeds):
+        for seed in args.seed_list:
             data = None
             for name, eps, old in rows:
                 row = res["accuracy"].setdefault(name, {"per_seed": {}})
@@ -380,6 +397,29 @@ def main() -> None:
                 write(res, args.results, args.name)
     write(res, args.results, args.name)
     print(markdown(res))
+
+
+def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
+    """Fill ``res`` with the union of the (row, seed) runs of ``paths`` (same setup and recipe as ``res``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import merge_results
+
+    meta = res["meta"]
+    for path in paths:
+        try:
+            other = json.loads(path.read_text())["meta"]
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise SystemExit(f"cannot read results file {path}: {exc}") from exc
+        if other.get("recipe") != meta["recipe"]:
+            raise SystemExit(f"{path} holds results of another recipe ({other.get('recipe')!r}); merge only files "
+                             f"of this recipe: {meta['recipe']!r} (give the same --recipe/--cluster options)")
+        if "timing" not in res and json.loads(path.read_text()).get("timing"):
+            res["timing"] = json.loads(path.read_text())["timing"]
+    merged, _ = merge_results(paths, meta["setup"], rows="accuracy")
+    order = sorted(merged, key=lambda n: (n.endswith("old"), float(n.split("=")[1].split()[0])))
+    res["accuracy"] = {name: {"per_seed": dict(sorted(merged[name]["per_seed"].items())),
+                              "summary": summarise(dict(sorted(merged[name]["per_seed"].items())))}
+                       for name in order}
 
 
 def write(res: dict[str, Any], where: Path, name: str) -> None:

@@ -33,3 +33,38 @@ def test_records_without_separation_show_a_dash() -> None:
     md = markdown({"meta": {"setup": "s", "recipe": "r", "command": "c", "machine": "m"},
                    "accuracy": {"eps=8": {"per_seed": per_seed, "summary": s}}})
     assert "| 0.20 0.60 | - - |" in md
+
+
+def _file(tmp: Path, name: str, rows: dict, recipe: str = "r", setup: str = "s") -> Path:
+    import json
+
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps({"meta": {"setup": setup, "recipe": recipe, "command": "c", "machine": "m"},
+                                "accuracy": {n: {"per_seed": ps} for n, ps in rows.items()}}))
+    return path
+
+
+def test_merge_joins_rows_and_seeds_from_side_by_side_jobs(tmp_path: Path) -> None:
+    from dp import merge_into
+
+    a = _file(tmp_path, "a", {"eps=8": {"0": _run(0.8, [1.0], [0.3])}, "eps=8 old": {"0": _run(0.7, [0.2], [0.0])}})
+    b = _file(tmp_path, "b", {"eps=8": {"1": _run(0.9, [1.0], [0.3])}, "eps=inf": {"0": _run(0.95, [1.0], [0.5])}})
+    res = {"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}
+    merge_into(res, [a, b])
+    assert list(res["accuracy"]) == ["eps=8", "eps=inf", "eps=8 old"]
+    assert list(res["accuracy"]["eps=8"]["per_seed"]) == ["0", "1"]
+    assert abs(res["accuracy"]["eps=8"]["summary"]["mean_accuracy"][0] - 0.85) < 1e-9
+
+
+def test_merge_refuses_another_recipe_or_a_seed_that_differs(tmp_path: Path) -> None:
+    import pytest
+
+    from dp import merge_into
+
+    a = _file(tmp_path, "a", {"eps=8": {"0": _run(0.8, [1.0], [0.3])}})
+    other = _file(tmp_path, "o", {"eps=8": {"1": _run(0.8, [1.0], [0.3])}}, recipe="r2")
+    clash = _file(tmp_path, "c", {"eps=8": {"0": _run(0.81, [1.0], [0.3])}})
+    with pytest.raises(SystemExit, match="another recipe"):
+        merge_into({"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}, [a, other])
+    with pytest.raises(SystemExit, match="differs between the merged files"):
+        merge_into({"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}, [a, clash])
