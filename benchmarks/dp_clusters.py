@@ -73,7 +73,7 @@ def record(args: argparse.Namespace) -> None:
     bench = ROOT / "plans" / "bench-4task.yaml"
     data = build_federated_data(dpbench.make_plan(bench, size, math.inf, args.seed))
     data.test = {t: stratified_sample(ds, size["test_cap"], args.seed) for t, ds in data.test.items()}
-    plan = dpbench.make_plan(bench, size, args.epsilon, args.seed)
+    plan = dpbench.make_plan(bench, size, args.epsilon, args.seed, recipe=args.recipe_over)
     rounds: list[dict[str, Any]] = []
     original = methods.client_round
 
@@ -103,7 +103,7 @@ def record(args: argparse.Namespace) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.work / f"{args.name}.npz", **arrays)
     meta = {"name": args.name, "epsilon": args.epsilon, "seed": args.seed, "full": args.full, "size": size,
-            "method": args.method, "key_task": key_task, "lora_size": adapter_layout(plan).lora_size,
+            "method": args.method, "learning_rate": plan.dp_learning_rate, "key_task": key_task, "lora_size": adapter_layout(plan).lora_size,
             "k": plan.k, "clustering_seed": plan.clustering.seed, "run": rec}
     (args.work / f"{args.name}.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {args.name}: mean acc {rec['mean_accuracy']:.3f}, "
@@ -227,6 +227,7 @@ def parse() -> argparse.Namespace:
     rec.add_argument("--quick", action="store_true", help="smoke run with tiny sizes")
     rec.add_argument("--method", choices=("oracle", "fltac"), default="oracle")
     rec.add_argument("--threads", type=int, default=1)
+    rec.add_argument("--lr", type=float, default=None, help="privacy.learning_rate (default: the recipe's)")
     rec.add_argument("--name", default=None, help="run name (default from size, epsilon, seed)")
     an = sub.add_parser("analyse", help="score clustering choices on the recorded runs")
     an.add_argument("--name", default="dp_clusters", help="results file stem")
@@ -234,8 +235,11 @@ def parse() -> argparse.Namespace:
     for p in (rec, an):
         p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fltac-dp-clusters")
     args = ap.parse_args()
-    if args.cmd == "record" and args.name is None:
-        args.name = f"{'full' if args.full else 'quick' if args.quick else 'reduced'}-eps{args.epsilon:g}-seed{args.seed}-{args.method}"
+    if args.cmd == "record":
+        args.recipe_over = {} if args.lr is None else {"learning_rate": args.lr}
+        if args.name is None:
+            args.name = (f"{'full' if args.full else 'quick' if args.quick else 'reduced'}-eps{args.epsilon:g}"
+                         f"-seed{args.seed}-{args.method}" + ("" if args.lr is None else f"-lr{args.lr:g}"))
     return args
 
 
