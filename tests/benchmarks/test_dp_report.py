@@ -68,3 +68,12 @@ def test_merge_refuses_another_recipe_or_a_seed_that_differs(tmp_path: Path) -> 
         merge_into({"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}, [a, other])
     with pytest.raises(SystemExit, match="differs between the merged files"):
         merge_into({"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}, [a, clash])
+
+
+def test_seeds_whose_partition_leaves_a_task_one_slot_are_skipped() -> None:
+    import dp
+
+    # the reduced bench's partition seed 1 gives news and langid one slot each (measured); 0 and 2 give all >= 2
+    seeds, skipped = dp.usable_seeds(BENCH.parent / "plans" / "bench-4task.yaml", dict(dp.SIZE), 2)
+    assert seeds == [0, 2]
+    assert skipped == {1: {"news": 1, "langid": 1}}
