@@ -176,7 +176,12 @@ def analyse(args: argparse.Namespace) -> None:
     for path in runs:
         meta, rounds = load_run(path)
         entry = {"epsilon": meta["epsilon"], "seed": meta["seed"], "full": meta["full"], "method": meta["method"],
-                 "slots": len(rounds[0]), "mean_accuracy": meta["run"]["mean_accuracy"], "choices": {}}
+                 "learning_rate": meta.get("learning_rate"), "slots": len(rounds[0]),
+                 "mean_accuracy": meta["run"]["mean_accuracy"], "tasks": meta["run"]["tasks"],
+                 "accuracy_per_round": [r["mean_accuracy"] for r in meta["run"]["rounds"]],
+                 "train_loss_per_round": [r["train_loss"] for r in meta["run"]["rounds"]],
+                 "slots_per_task": {t: list(meta["key_task"].values()).count(t) for t in meta["run"]["tasks"]},
+                 "choices": {}}
         for choice in CHOICES:
             label = choice_label(choice)
             entry["choices"][label] = analyse_run(meta, rounds, choice)
@@ -205,8 +210,14 @@ def markdown(res: dict[str, Any]) -> str:
              "`python benchmarks/dp_clusters.py record ...`.", ""]
     for name, run in res["runs"].items():
         size = "bench-4task (10 sites)" if run["full"] else "reduced bench-4task (3 sites)"
-        lines += [f"## {name}: {size}, epsilon {run['epsilon']:g}, seed {run['seed']}, {run['slots']} slots, "
-                  f"mean accuracy {run['mean_accuracy']:.3f} ({run['method']})", "",
+        lr = "" if run.get("learning_rate") is None else f", DP learning rate {run['learning_rate']:g}"
+        tasks = ", ".join(f"{t} {a:.3f} ({run['slots_per_task'][t]} slots)" for t, a in run["tasks"].items()) \
+            if run.get("slots_per_task") else ""
+        lines += [f"## {name}: {size}, epsilon {run['epsilon']:g}, seed {run['seed']}{lr}, {run['slots']} slots "
+                  f"({run['method']})", "",
+                  f"Final mean accuracy {run['mean_accuracy']:.3f}: {tasks}. Per round: "
+                  + " ".join(f"{a:.3f}" for a in run.get("accuracy_per_round", [])) + "; train loss per round: "
+                  + " ".join(f"{x:.2f}" for x in run.get("train_loss_per_round", [])) + ".", "",
                   "| choice | ARI per round | sep per round | true sep per round | SNR per round |", "|---|---|---|---|---|"]
         for label, rows in run["choices"].items():
             def col(key: str) -> str:
