@@ -51,8 +51,10 @@ import dp as dpbench  # noqa: E402  (benchmarks/dp.py: sizes and the plan maker)
 CHOICES: list[dict[str, Any]] = [
     {"features": "full", "sketch_dim": 64},
     {"features": "full", "sketch_dim": 1024},
+    {"features": "full", "sketch_dim": 8192},
     {"features": "lora", "sketch_dim": 1024},
     {"features": "head", "sketch_dim": 1024},
+    {"features": "head", "sketch_dim": 8192},
     {"features": "delta", "sketch_dim": 1024},
     {"features": "head-delta", "sketch_dim": 1024},
     {"features": "delta", "sketch_dim": 1024, "accumulate": True},
