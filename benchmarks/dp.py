@@ -274,7 +274,7 @@ def parse() -> argparse.Namespace:
                     help=f"seeds per row: the first N partition seeds (0, 1, ...) that give every task at least "
                          f"{MIN_SLOTS} slots; each is also the run's training seed")
     ap.add_argument("--only-seeds", default=None, metavar="LIST",
-                    help="comma-separated seeds to run (of 0..SEEDS-1), e.g. for jobs run side by side")
+                    help="comma-separated seeds to run, of the SEEDS chosen (see --seeds), e.g. for jobs run side by side")
     ap.add_argument("--resume", action="store_true", help="keep saved (row, seed) runs of the same setup")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="run nothing: merge the (row, seed) runs of these results files (same setup and recipe) "
@@ -378,9 +378,10 @@ def main() -> None:
         res["timing"] = step_times(size)
         print(f"timing: {res['timing']}", flush=True)
     if not args.timing:
-        from fltac_secure.data import build_federated_data, stratified_sample
+        from fltac_secure.data import stratified_sample
 
-        seeds, skipped = usable_seeds(bench, size, args.seeds)
+        usable, skipped = usable_seeds(bench, size, args.seeds)
+        seeds = list(usable)
         if skipped:
             print(f"partition seeds skipped (a task with fewer than {MIN_SLOTS} slots): {sorted(skipped)}", flush=True)
         if args.seed_list is not None:
@@ -392,14 +393,12 @@ def main() -> None:
         if not args.no_old:
             rows.append(("eps=8 old", 8.0, True))
         for seed in seeds:
-            data = None
+            data = usable[seed]
+            data.test = {t: stratified_sample(ds, size["test_cap"], seed) for t, ds in data.test.items()}
             for name, eps, old in rows:
                 row = res["accuracy"].setdefault(name, {"per_seed": {}})
                 if str(seed) in row["per_seed"]:
                     continue
-                if data is None:
-                    data = build_federated_data(make_plan(bench, size, math.inf, seed))
-                    data.test = {t: stratified_sample(ds, size["test_cap"], seed) for t, ds in data.test.items()}
                 plan = make_plan(bench, size, eps, seed, args.recipe_over, old=old, clustering=args.cluster_over)
                 rec = run_epsilon(eps, plan, data, args.work / f"seed{seed}" / name.replace(" ", "-"), args.method)
                 row["per_seed"][str(seed)] = rec
@@ -412,26 +411,28 @@ def main() -> None:
     print(markdown(res))
 
 
-def usable_seeds(bench: Path, size: dict[str, Any], n: int, limit: int = 100) -> tuple[list[int], dict[int, dict]]:
-    """The first ``n`` partition seeds whose partition gives every task at least MIN_SLOTS slots, and the seeds
-    skipped on the way (seed -> {task: slots} of the thin tasks)."""
+def usable_seeds(bench: Path, size: dict[str, Any], n: int, limit: int = 100) -> tuple[dict[int, Any], dict[int, dict]]:
+    """The first ``n`` partition seeds whose partition gives every task at least MIN_SLOTS slots, each with its
+    federated data (built to count the slots, then used for the runs), and the seeds skipped on the way
+    (seed -> {task: slots} of the thin tasks)."""
     from collections import Counter
 
     from fltac_secure.data import build_federated_data
     from fltac_secure.simulation import SimContext
 
-    chosen: list[int] = []
+    chosen: dict[int, Any] = {}
     skipped: dict[int, dict] = {}
     for seed in range(limit):
         if len(chosen) == n:
             break
         plan = make_plan(bench, size, math.inf, seed)
-        counts = Counter(SimContext(plan, build_federated_data(plan)).key_task.values())
+        data = build_federated_data(plan)
+        counts = Counter(SimContext(plan, data).key_task.values())
         thin = {t.name: counts.get(t.name, 0) for t in plan.tasks if counts.get(t.name, 0) < MIN_SLOTS}
         if thin:
             skipped[seed] = thin
         else:
-            chosen.append(seed)
+            chosen[seed] = data
     if len(chosen) < n:
         raise SystemExit(f"only {len(chosen)} of the first {limit} partition seeds give every task {MIN_SLOTS} slots")
     return chosen, skipped
@@ -445,19 +446,21 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
     meta = res["meta"]
     for path in paths:
         try:
-            other = json.loads(path.read_text())["meta"]
+            saved = json.loads(path.read_text())
+            other = saved["meta"]
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise SystemExit(f"cannot read results file {path}: {exc}") from exc
         if other.get("recipe") != meta["recipe"]:
             raise SystemExit(f"{path} holds results of another recipe ({other.get('recipe')!r}); merge only files "
                              f"of this recipe: {meta['recipe']!r} (give the same --recipe/--cluster options)")
-        if "timing" not in res and json.loads(path.read_text()).get("timing"):
-            res["timing"] = json.loads(path.read_text())["timing"]
+        if "timing" not in res and saved.get("timing"):
+            res["timing"] = saved["timing"]
     merged, _ = merge_results(paths, meta["setup"], rows="accuracy")
     order = sorted(merged, key=lambda n: (n.endswith("old"), float(n.split("=")[1].split()[0])))
-    res["accuracy"] = {name: {"per_seed": dict(sorted(merged[name]["per_seed"].items())),
-                              "summary": summarise(dict(sorted(merged[name]["per_seed"].items())))}
-                       for name in order}
+    res["accuracy"] = {}
+    for name in order:
+        per_seed = dict(sorted(merged[name]["per_seed"].items()))
+        res["accuracy"][name] = {"per_seed": per_seed, "summary": summarise(per_seed)}
 
 
 def write(res: dict[str, Any], where: Path, name: str) -> None:
