@@ -159,9 +159,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import FULL
 
+    from fltac_secure.privacy.settings import learning_rate_text
+
     p = plan.privacy
     meta = {"plan": plan.federation,
-            "privacy": (f"DP epsilon {args.epsilon:g}, {p.optimizer} lr {plan.dp_learning_rate:g}, sample rate "
+            "privacy": (f"DP epsilon {args.epsilon:g}, {p.optimizer} {learning_rate_text(plan)}, sample rate "
                         f"{p.sample_rate:g} (expected batch <= {p.max_batch_size}), {p.local_steps} steps, clip "
                         f"{p.max_grad_norm:g}, LoRA A {'trained' if plan.trains_lora_a else 'frozen'}")
             if p.dp else "no DP",

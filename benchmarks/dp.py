@@ -162,7 +162,7 @@ def step_times(size: dict[str, Any], steps: int = 30, warmup: int = 3) -> dict[s
     params = list(model.slot_parameters(task).values())
     plain_params = list(plain_model.slot_parameters(task).values())
     opt = torch.optim.AdamW(plain_params, lr=plan.training.learning_rate)
-    dp_opt = make_dp_optimizer(make_inner_optimizer(plan, params), noise_multiplier=1.0,
+    dp_opt = make_dp_optimizer(make_inner_optimizer(plan, params, plan.dp_learning_rate(len(idx))), noise_multiplier=1.0,
                                max_grad_norm=plan.privacy.max_grad_norm, expected_batch_size=len(idx), generator=None)
 
     def plain() -> None:
@@ -339,6 +339,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     size, bench = args.size, ROOT / "plans" / "bench-4task.yaml"
+    from fltac_secure.privacy.settings import learning_rate_text
+
     probe = make_plan(bench, size, 8.0, recipe=args.recipe_over, clustering=args.cluster_over)
     p = probe.privacy
     meta = {
@@ -346,7 +348,7 @@ def main() -> None:
                  "noise from the target over all planned rounds per slot; accuracy = global test sets (capped) after "
                  f"the last round; partition seeds: the first ones giving every task >= {MIN_SLOTS} slots"
                  + ("" if args.method == "fltac" else f"; method {args.method} (true tasks as clusters)"),
-        "recipe": f"{p.optimizer} lr {probe.dp_learning_rate:g}, Poisson rate min({p.sample_rate:g}, "
+        "recipe": f"{p.optimizer} {learning_rate_text(probe)}, Poisson rate min({p.sample_rate:g}, "
                   f"{p.max_batch_size} / n), {p.local_steps} steps per round, clip {p.max_grad_norm:g}, LoRA A "
                   f"{'trained' if probe.trains_lora_a else 'frozen (FFA-LoRA)'}, unused head rows without noise; "
                   f"'eps=8 old': AdamW lr {probe.training.learning_rate:g}, batch {size['batch_size']}, "

@@ -96,6 +96,7 @@ def record(args: argparse.Namespace) -> None:
 
     key_task = SimContext(plan, data).key_task
     from fltac_secure.learning.adapters import adapter_layout
+    from fltac_secure.privacy.settings import learning_rate_text
 
     arrays: dict[str, np.ndarray] = {}
     for r, slots in enumerate(rounds):
@@ -105,7 +106,7 @@ def record(args: argparse.Namespace) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.work / f"{args.name}.npz", **arrays)
     meta = {"name": args.name, "epsilon": args.epsilon, "seed": args.seed, "full": args.full, "size": size,
-            "method": args.method, "learning_rate": plan.dp_learning_rate, "key_task": key_task, "lora_size": adapter_layout(plan).lora_size,
+            "method": args.method, "learning_rate": learning_rate_text(plan), "key_task": key_task, "lora_size": adapter_layout(plan).lora_size,
             "k": plan.k, "clustering_seed": plan.clustering.seed, "run": rec}
     (args.work / f"{args.name}.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {args.name}: mean acc {rec['mean_accuracy']:.3f}, "

@@ -14,6 +14,8 @@ from fltac_secure.plan.base import Strict
 
 # The DP recipe's defaults (privacy section), chosen by measurement: benchmarks/results/dp.md.
 DP_SGD_LEARNING_RATE = 4.0
+"""DP-SGD learning rate at an expected batch of DP_SGD_REFERENCE_BATCH; a slot's default scales with its batch."""
+DP_SGD_REFERENCE_BATCH = 256
 DP_SAMPLE_RATE = 0.5
 DP_MAX_BATCH = 256
 DP_LOCAL_STEPS = 10
@@ -36,8 +38,10 @@ class Privacy(Strict):
     )
     learning_rate: float | None = Field(
         default=None, gt=0, lt=100,
-        description=f"Learning rate under DP. Default (null): {DP_SGD_LEARNING_RATE} for sgd (measured, "
-        "benchmarks/results/dp.md), training.learning_rate for adamw.",
+        description=f"Learning rate under DP, the same for every slot. Default (null), sgd: per slot "
+        f"{DP_SGD_LEARNING_RATE:g} x expected batch / {DP_SGD_REFERENCE_BATCH} (linear scaling: the step's noise then "
+        "has the same size at every batch, and small slots, whose batches are mostly noise, take small steps; "
+        "measured, benchmarks/results/dp.md); adamw: training.learning_rate.",
     )
     sample_rate: float = Field(
         default=DP_SAMPLE_RATE, gt=0, le=1,

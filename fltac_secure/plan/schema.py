@@ -20,6 +20,7 @@ from fltac_secure.plan.protection import (
     DP_MAX_BATCH,
     DP_SAMPLE_RATE,
     DP_SGD_LEARNING_RATE,
+    DP_SGD_REFERENCE_BATCH,
     Compression,
     Privacy,
     SecureAggregation,
@@ -434,13 +435,18 @@ class Plan(Strict):
         train_a = self.model.lora.train_a
         return (not self.privacy.dp) if train_a is None else train_a
 
-    @property
-    def dp_learning_rate(self) -> float:
-        """The learning rate of DP training (privacy.learning_rate, or the optimizer's default)."""
+    def dp_learning_rate(self, expected_batch: int) -> float:
+        """The learning rate of a DP slot whose expected Poisson batch is ``expected_batch``.
+
+        privacy.learning_rate if set; else for sgd DP_SGD_LEARNING_RATE scaled linearly with the batch
+        (DP_SGD_REFERENCE_BATCH gives the base rate), for adamw training.learning_rate.
+        """
         p = self.privacy
         if p.learning_rate is not None:
             return p.learning_rate
-        return DP_SGD_LEARNING_RATE if p.optimizer == "sgd" else self.training.learning_rate
+        if p.optimizer == "sgd":
+            return DP_SGD_LEARNING_RATE * max(1, expected_batch) / DP_SGD_REFERENCE_BATCH
+        return self.training.learning_rate
 
     @property
     def max_labels(self) -> int:
@@ -453,6 +459,6 @@ class Plan(Strict):
         raise KeyError(name)
 
 
-__all__ = ["CLUSTERING_FEATURES", "DP_LOCAL_STEPS", "DP_MAX_BATCH", "DP_SAMPLE_RATE", "DP_SGD_LEARNING_RATE", "NAME_RE",
+__all__ = ["CLUSTERING_FEATURES", "DP_LOCAL_STEPS", "DP_MAX_BATCH", "DP_SAMPLE_RATE", "DP_SGD_LEARNING_RATE", "DP_SGD_REFERENCE_BATCH", "NAME_RE",
            "Aggregation", "Clustering", "Compression", "Derive", "Limits", "LoRA", "Model", "Partition", "Plan",
            "Privacy", "Quorum", "SecureAggregation", "Strict", "Task", "Timeouts", "Training"]

@@ -97,9 +97,10 @@ def make_dp_optimizer(optimizer: torch.optim.Optimizer, *, noise_multiplier: flo
                        secure_mode=noise_multiplier > 0)
 
 
-def make_inner_optimizer(plan: Plan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer DP-SGD wraps: plain SGD (the default recipe) or AdamW, at ``plan.dp_learning_rate``."""
-    lr, wd = plan.dp_learning_rate, plan.training.weight_decay
+def make_inner_optimizer(plan: Plan, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The optimizer DP-SGD wraps: plain SGD (the default recipe) or AdamW, at learning rate ``lr``
+    (the slot's ``SlotPrivacy.learning_rate``)."""
+    wd = plan.training.weight_decay
     if plan.privacy.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -249,7 +250,7 @@ class DPTrainer:
             raise DataError(f"labels of {data.task!r} fall outside slot {slot!r}'s label range [{lo}, {hi})")
         named = model.slot_parameters(slot)
         params = list(named.values())
-        inner = make_inner_optimizer(self.plan, params)
+        inner = make_inner_optimizer(self.plan, params, cfg.learning_rate)
         gen = _generator(self.insecure_seed, "dp", seed, slot, round)
         opt = make_dp_optimizer(inner, noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
                                 expected_batch_size=cfg.expected_batch_size, generator=gen)

@@ -36,14 +36,30 @@ class SlotPrivacy:
     """The slot's budget: a round that would spend more is not trained (None: no budget)."""
     noise_source: str
     """"given" (privacy.noise_multiplier) or "target" (derived from privacy.target_epsilon)."""
+    learning_rate: float
+    """The slot's learning rate (``Plan.dp_learning_rate`` at its expected batch)."""
 
     @property
     def expected_batch_size(self) -> int:
         """Expected Poisson batch size q * n (what the mean loss is divided by)."""
-        return max(1, round(self.sample_rate * self.data_size))
+        return expected_batch(self.sample_rate, self.data_size)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def expected_batch(rate: float, data_size: int) -> int:
+    """Expected Poisson batch ``q * n``, at least 1."""
+    return max(1, round(rate * data_size))
+
+
+def learning_rate_text(plan: Plan) -> str:
+    """How the plan sets the DP learning rate, for reports: ``"lr 0.3"`` or ``"lr 4 x batch/256"``."""
+    p = plan.privacy
+    if p.learning_rate is not None or p.optimizer != "sgd":
+        return f"lr {plan.dp_learning_rate(1):g}"
+    from fltac_secure.plan.protection import DP_SGD_LEARNING_RATE, DP_SGD_REFERENCE_BATCH
+    return f"lr {DP_SGD_LEARNING_RATE:g} x batch/{DP_SGD_REFERENCE_BATCH}"
 
 
 def check_privacy_section(plan: Plan) -> None:
@@ -106,4 +122,5 @@ def resolve_slot(plan: Plan, data_size: int, *, steps_per_round: int | None = No
         source = "target"
     return SlotPrivacy(data_size=data_size, sample_rate=rate, steps_per_round=steps, planned_rounds=plan.rounds,
                        noise_multiplier=noise, max_grad_norm=float(p.max_grad_norm), delta=float(p.delta),
-                       accountant=p.accountant, target_epsilon=p.target_epsilon, noise_source=source)
+                       accountant=p.accountant, target_epsilon=p.target_epsilon, noise_source=source,
+                       learning_rate=plan.dp_learning_rate(expected_batch(rate, data_size)))

@@ -8,6 +8,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fltac_secure.learning.model import SlotModel
+from fltac_secure.plan.protection import DP_SGD_LEARNING_RATE, DP_SGD_REFERENCE_BATCH
 from fltac_secure.privacy.dp import DPTrainer, make_inner_optimizer
 from fltac_secure.privacy.ledger import PrivacyLedger
 from fltac_secure.privacy.settings import resolve_slot
@@ -24,12 +25,26 @@ def test_sgd_is_the_default_and_adamw_a_choice() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
     plan = dp_plan()
     assert plan.privacy.optimizer == "sgd"
-    opt = make_inner_optimizer(plan, params)
-    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == plan.dp_learning_rate
+    cfg = resolve_slot(plan, 100)
+    opt = make_inner_optimizer(plan, params, cfg.learning_rate)
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == cfg.learning_rate
     adam = dp_plan(optimizer="adamw")
-    opt = make_inner_optimizer(adam, params)
-    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["lr"] == adam.training.learning_rate
-    assert make_inner_optimizer(dp_plan(learning_rate=0.3), params).param_groups[0]["lr"] == 0.3
+    lr = resolve_slot(adam, 100).learning_rate
+    assert lr == adam.training.learning_rate
+    assert type(make_inner_optimizer(adam, params, lr)) is torch.optim.AdamW
+
+
+def test_default_sgd_rate_scales_with_the_expected_batch() -> None:
+    """Default: DP_SGD_LEARNING_RATE at the reference batch, linear in the slot's expected batch; a set
+    privacy.learning_rate is used as it is at every slot size."""
+    plan = dp_plan(sample_rate=0.5, max_batch_size=DP_SGD_REFERENCE_BATCH, delta=1e-5)
+    big, small = resolve_slot(plan, 4 * DP_SGD_REFERENCE_BATCH), resolve_slot(plan, DP_SGD_REFERENCE_BATCH // 2)
+    assert big.expected_batch_size == DP_SGD_REFERENCE_BATCH and big.learning_rate == DP_SGD_LEARNING_RATE
+    assert small.expected_batch_size == DP_SGD_REFERENCE_BATCH // 4
+    assert small.learning_rate == pytest.approx(DP_SGD_LEARNING_RATE / 4)
+    assert resolve_slot(plan, 3).learning_rate == pytest.approx(DP_SGD_LEARNING_RATE * 2 / DP_SGD_REFERENCE_BATCH)
+    fixed = dp_plan(sample_rate=0.5, learning_rate=0.3)
+    assert {resolve_slot(fixed, n).learning_rate for n in (10, 300, 900)} == {0.3}
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
