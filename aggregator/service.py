@@ -315,7 +315,8 @@ class Aggregator:
         if len(sketched) < quorum:
             return f"{len(sketched)} site(s) sent sketches within {self.plan.timeouts.round_s:g} s, quorum is {quorum}"
         sketches, counts = collect_sketches(sketch_phase, sketched)
-        assignment = server_assign(state, sketches, self.plan)
+        assignment = server_assign(state, sketches, self.plan,
+                                   label_counts=self.wires.head_rows(self.members, sketches))
         moved = (f" ({assignment.clusters.moved} slot(s) moved so that a site's slots sit in distinct clusters)"
                  if assignment.clusters.moved else "")
         sep = assignment.clusters.separation

@@ -22,6 +22,7 @@ nothing is pickled.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -311,7 +312,8 @@ def _cid(text: str) -> int:
     return int(text)
 
 
-def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: Plan) -> Assignment:
+def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: Plan, *,
+                  label_counts: Mapping[str, int] | None = None) -> Assignment:
     """Cluster this round's sketches; ids matched to the previous round's clusters.
 
     With ``clustering.distinct_per_site`` a site's slots go to distinct
@@ -323,9 +325,18 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
     inner products (cross-round terms have mean zero), and the evidence of
     every round adds up while independent DP noise averages out. With
     ``clustering.settle`` the previous partition stays unless this round's
-    separates the sketches better (``learning.cluster``).
+    separates the sketches better (``learning.cluster``). With
+    ``clustering.by_labels``, ``label_counts`` (slot key -> its declared label
+    count) is required and slots of different label counts never share a
+    cluster.
     """
     c = plan.clustering
+    kinds = quota = None
+    if c.by_labels:
+        if label_counts is None:
+            raise ValueError("clustering.by_labels needs each slot's label count (label_counts)")
+        kinds = {key: int(label_counts[key]) for key in sketches if key in label_counts}
+        quota = dict(Counter(t.num_labels for t in plan.tasks))
     sums: dict[str, np.ndarray] = {}
     if c.accumulate:
         sums = {key: state.sketch_sums.get(key, 0.0) + np.asarray(sk, dtype=np.float64)
@@ -341,6 +352,8 @@ def server_assign(state: ServerState, sketches: Mapping[str, np.ndarray], plan: 
         previous=state.clusters,
         groups={key: site_of(key) for key in sketches} if c.distinct_per_site else None,
         settle=c.settle,
+        kinds=kinds,
+        quota=quota,
     )
     return Assignment(round=state.round, clusters=result, sketch_sums=sums)
 

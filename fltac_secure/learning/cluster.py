@@ -32,6 +32,16 @@ from noise. Clusters then move only on evidence: one noisy round cannot
 scatter clusters that had settled, and a wrong round-0 partition is left as
 soon as a later round separates clearly and better.
 
+With ``kinds`` (slot key -> its task's label count, which the aggregator
+knows when sites declare it in JOIN) no cluster mixes two label counts:
+averaging a 2-label head with a 5-label one is meaningless whatever the
+sketches say, and under DP this constraint holds when the sketches are mostly
+noise. Each label count present gets one cluster; the remaining clusters go
+one at a time to the label count whose K-means objective drops the most (up
+to ``quota``: how many of the plan's tasks have that label count), and within
+a label count the sketches decide. A label count held by one task is then
+clustered without looking at the sketches at all.
+
 Degenerate inputs are handled, not refused: fewer distinct points than K
 gives as many clusters as distinct points (duplicates always share a
 cluster), one point gives one cluster, no points gives an empty result.
@@ -115,6 +125,8 @@ def cluster_sketches(
     previous: ClusterResult | None = None,
     groups: Mapping[str, str] | None = None,
     settle: float | None = None,
+    kinds: Mapping[str, int] | None = None,
+    quota: Mapping[int, int] | None = None,
 ) -> ClusterResult:
     """Cluster the sketches into at most ``k`` clusters with ids matched to ``previous``.
 
@@ -130,6 +142,9 @@ def cluster_sketches(
     ``settle`` (a separation threshold; None: off) keeps ``previous``'s
     partition (when it covers every key) unless this round's partition
     scores at least ``settle`` and higher than ``previous``'s on ``x``.
+    ``kinds`` (slot key -> its task's label count) keeps slots of different
+    label counts in different clusters; ``quota`` (label count -> how many
+    tasks have it) caps the clusters one label count gets (see the module doc).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -141,14 +156,15 @@ def cluster_sketches(
         x = x - x.mean(axis=0, keepdims=True)
     if normalize:
         x = normalize_rows(x)
-    raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)
-    crowded: tuple[str, ...] = ()
-    moved = 0
-    if groups is not None:
-        names = [groups.get(key, key) for key in keys]
-        refined, crowded = distinct_assign(x, raw, names, min(k, x.shape[0]))
-        moved = int(np.sum(refined != raw))
-        raw = _compact(refined)
+    names = [groups.get(key, key) for key in keys] if groups is not None else None
+    if kinds is None:
+        raw, crowded, moved = _partition(x, k, names, n_init=n_init, seed=seed)
+    else:
+        missing = [key for key in keys if key not in kinds]
+        if missing:
+            raise ValueError(f"no label count for slot(s) {missing}; every slot needs one to cluster by label count")
+        raw, crowded, moved = _partition_by_kind(x, k, [int(kinds[key]) for key in keys], names, quota,
+                                                 n_init=n_init, seed=seed)
     score = separation(x, raw)
     if settle is not None and previous is not None and all(key in previous.labels for key in keys):
         before = np.asarray([previous.labels[key] for key in keys], dtype=np.int64)
@@ -217,6 +233,68 @@ def distinct_assign(
             if np.any(labels == c):
                 centroids[c] = x[labels == c].mean(axis=0)
     return labels, crowded
+
+
+def _partition(x: np.ndarray, k: int, names: Sequence[str] | None, *, n_init: int, seed: int,
+               ) -> tuple[np.ndarray, tuple[str, ...], int]:  # fmt: skip
+    """K-means labels (``0 .. m-1``), refined so a group's rows sit in distinct clusters when ``names`` is given;
+    also the crowded groups and how many rows the refinement moved."""
+    raw = _kmeans_labels(x, k, n_init=n_init, seed=seed)
+    if names is None:
+        return raw, (), 0
+    refined, crowded = distinct_assign(x, raw, names, min(k, x.shape[0]))
+    return _compact(refined), crowded, int(np.sum(refined != raw))
+
+
+def _inertia(x: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared distances of the rows of ``x`` to their cluster's mean."""
+    return float(sum(((x[labels == c] - x[labels == c].mean(axis=0)) ** 2).sum() for c in np.unique(labels)))
+
+
+def _partition_by_kind(x: np.ndarray, k: int, kinds: Sequence[int], names: Sequence[str] | None,
+                       quota: Mapping[int, int] | None, *, n_init: int, seed: int,
+                       ) -> tuple[np.ndarray, tuple[str, ...], int]:  # fmt: skip
+    """``_partition`` with no cluster mixing two kinds: each kind present gets one cluster, and the other
+    ``k - kinds`` clusters go one at a time to the kind whose K-means objective drops the most, first up to
+    its ``quota`` (how many tasks have that label count), then, if clusters are left, beyond it."""
+    kind_arr = np.asarray(kinds)
+    present = sorted(set(kind_arr.tolist()))
+    if len(present) > k:
+        raise ValueError(f"the slots have {len(present)} different label counts {present} but there are only "
+                         f"{k} clusters; raise clustering.k to at least {len(present)}")
+    rows = {g: np.flatnonzero(kind_arr == g) for g in present}
+
+    def part(g: int, kg: int) -> tuple[np.ndarray, tuple[str, ...], int]:
+        sub = [names[i] for i in rows[g]] if names is not None else None
+        return _partition(x[rows[g]], kg, sub, n_init=n_init, seed=seed)
+
+    alloc = dict.fromkeys(present, 1)
+    parts = {g: part(g, 1) for g in present}
+    distinct = {g: np.unique(x[rows[g]], axis=0).shape[0] for g in present}
+    for capped in (True, False):
+        while sum(alloc.values()) < k:
+            best: tuple[float, int, tuple[np.ndarray, tuple[str, ...], int]] | None = None
+            for g in present:
+                cap = (quota or {}).get(g, alloc[g] + 1) if capped else distinct[g]
+                if alloc[g] >= min(cap, distinct[g]):
+                    continue
+                trial = part(g, alloc[g] + 1)
+                gain = _inertia(x[rows[g]], parts[g][0]) - _inertia(x[rows[g]], trial[0])
+                if best is None or gain > best[0]:
+                    best = (gain, g, trial)
+            if best is None:
+                break
+            alloc[best[1]] += 1
+            parts[best[1]] = best[2]
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    offset, crowded, moved = 0, [], 0
+    for g in present:
+        lab, crowd, mv = parts[g]
+        labels[rows[g]] = lab + offset
+        offset += int(lab.max()) + 1
+        crowded += crowd
+        moved += mv
+    return _compact(labels), tuple(sorted(set(crowded))), moved
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:

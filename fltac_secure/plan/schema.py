@@ -207,6 +207,15 @@ class Clustering(Strict):
         "0.04 on 24 random 32-d points), so s around 0.1-0.2 tells structure from noise; not yet tuned on "
         "benchmark runs. Post-processing of what the sites sent (no privacy cost).",
     )
+    by_labels: bool = Field(
+        default=False,
+        description="Never put slots of tasks with different label counts in one cluster (averaging a 2-label "
+        "head with a 5-label one is meaningless). Each label count gets its tasks' share of the K clusters and "
+        "the sketches decide only among tasks with the same label count; a label count held by one task is "
+        "clustered without the sketches. Uses the label counts sites declare in JOIN, so it needs "
+        "compression.trim_head: true. Under DP it keeps tasks apart when the sketches are mostly noise "
+        "(benchmarks/results/dp.md). Off by default.",
+    )
     distinct_per_site: bool = Field(
         default=True,
         description="Put a site's task slots in distinct clusters (they are different tasks by construction): "
@@ -340,6 +349,15 @@ class Plan(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Plan":
+        if self.clustering.by_labels:
+            if not self.compression.trim_head:
+                raise ValueError("clustering.by_labels needs the slots' label counts, which sites declare only with "
+                                 "compression.trim_head: true; set it, or set clustering.by_labels: false")
+            counts = sorted({t.num_labels for t in self.tasks})
+            if self.clustering.k is not None and self.clustering.k < len(counts):
+                raise ValueError(f"clustering.by_labels keeps the tasks' {len(counts)} label counts {counts} in "
+                                 f"different clusters, but clustering.k = {self.clustering.k}; raise k to at least "
+                                 f"{len(counts)} or set clustering.by_labels: false")
         slots = len(self.tasks) * len(self.roster)
         if self.clustering.k is not None and self.clustering.k > slots:
             raise ValueError(
@@ -422,6 +440,8 @@ class Plan(Strict):
             out.pop("compression", None)  # plans without compression keep the hash they had
         if isinstance(out.get("clustering"), dict) and "settle" in out["clustering"] and out["clustering"]["settle"] is None:
             out["clustering"].pop("settle")  # likewise plans without settle
+        if isinstance(out.get("clustering"), dict) and out["clustering"].get("by_labels") is False:
+            out["clustering"].pop("by_labels")  # likewise plans without by_labels
         return out
 
     # derived values -------------------------------------------------------

@@ -166,7 +166,7 @@ class FLTAC(Method):
         """compression.trim_head: each slot's label count (its head rows on the wire), from the plan."""
 
     def assign(self, sketches: dict[str, np.ndarray]) -> Assignment:
-        return server_assign(self.state, sketches, self.ctx.plan)
+        return server_assign(self.state, sketches, self.ctx.plan, label_counts=self.head_rows)
 
     def run_round(self, r: int, progress: object = None) -> RoundOutcome:
         ctx, plan = self.ctx, self.ctx.plan

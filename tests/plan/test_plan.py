@@ -372,3 +372,19 @@ def test_bad_site_files(tmp_path, change, needle):
         load_site(write(tmp_path, data, "site.yaml"), load_plan(DEMO_PLAN))
     assert needle in str(exc.value)
     assert exc.value.exit_code == 2
+
+
+def test_by_labels_needs_trim_head_and_enough_clusters_and_keeps_old_hashes(tmp_path):
+    """clustering.by_labels: the label counts come from JOIN, so trim_head must be on; k must cover the tasks'
+    label counts; false (the default) leaves every hash as it was."""
+    data = mutate("clustering.by_labels", True)
+    with pytest.raises(ConfigError, match="clustering.by_labels needs .* compression.trim_head: true"):
+        load_plan(write(tmp_path, data))
+    data["compression"] = {"trim_head": True}
+    assert load_plan(write(tmp_path, data)).clustering.by_labels
+    counts = {len(t["labels"]) for t in data["tasks"]}
+    assert len(counts) > 1  # the demo plan's tasks differ in label count
+    data["clustering"]["k"] = len(counts) - 1
+    with pytest.raises(ConfigError, match="clustering.by_labels keeps the tasks' .* raise k to at least"):
+        load_plan(write(tmp_path, data))
+    assert plan_hash(load_plan(write(tmp_path, mutate("clustering.by_labels", False)))) == plan_hash(load_plan(DEMO_PLAN))

@@ -290,3 +290,23 @@ def test_site_refuses_a_round_start_of_the_wrong_width(tmp_path: Path) -> None:
     got = col._vectors(start_msg(sizes))
     assert all(v.shape == (d,) for v in got.values())
     np.testing.assert_array_equal(got[1], wire.trimmer.full(np.zeros(sizes[1], np.float32), wire.labels[1]))
+
+
+def test_clusters_by_label_count_over_the_roles(tmp_path: Path) -> None:
+    """clustering.by_labels over the real roles: the aggregator clusters with the label counts the sites declared
+    in JOIN, every cluster holds one label count in every round, and the run ends in the simulator's state."""
+    plan = tiny_plan(compression={"trim_head": True}, clustering={"sketch_dim": 16, "n_init": 4, "by_labels": True})
+    fed = Fed(plan, build_federation(plan, tmp_path / "fed"))
+    got = run(fed)
+    method, labels = simulate(fed)
+    history = [row["clusters"] for row in got["history"]]
+    assert history == labels and len(history) == plan.rounds
+    counts = {f"{s}/{i}": plan.task(t.name).num_labels for s in fed.layout.sites
+              for i, t in enumerate(t for t in plan.tasks if t.name in fed.site(s).data)}
+    for row in history:
+        widths: dict[int, set[int]] = {}
+        for key, cid in row.items():
+            widths.setdefault(cid, set()).add(counts[key])
+        assert all(len(w) == 1 for w in widths.values()), row
+    for key, vec in got["state"].vectors.items():
+        np.testing.assert_array_equal(vec, method.state.vectors[key], err_msg=key)
