@@ -9,8 +9,8 @@
    of the clusters per round. One extra row, ``eps=8 old``, runs the settings
    before the recipe (AdamW at training.learning_rate, batch training.batch_size,
    training.local_steps steps per round, LoRA A trained) so the change is visible.
-   Every row clusters with ``clustering.by_labels`` (``CLUSTERING``; slots of
-   different label counts never share a cluster), which on bench-4task finds
+   Every other row clusters with ``clustering.by_labels`` (``CLUSTERING``; slots
+   of different label counts never share a cluster), which on bench-4task finds
    the tasks by itself; ``--cluster by_labels=false`` clusters on sketches alone.
    Default size: a reduction (``SIZE``: 3 sites, 3 rounds) that keeps one row
    to minutes on a shared 2-core machine; ``--full`` runs the accuracy
@@ -95,7 +95,8 @@ def make_plan(base: Path, size: dict[str, Any], epsilon: float, seed: int = 0,
     if "train_a" in over:
         raw["model"]["lora"]["train_a"] = over.pop("train_a")
     raw["privacy"].update(over)
-    raw["clustering"].update({**CLUSTERING, **(clustering or {})})
+    # the old row clusters as before too (sketches alone), so it shows the whole change
+    raw["clustering"].update({**CLUSTERING, **(clustering or {}), **({"by_labels": False} if old else {})})
     if raw["clustering"]["by_labels"]:  # the label counts come from JOIN, which trimming turns on
         raw.setdefault("compression", {})["trim_head"] = True
     return Plan.model_validate(raw)
@@ -361,7 +362,7 @@ def main() -> None:
                   f"{p.max_batch_size} / n), {p.local_steps} steps per round, clip {p.max_grad_norm:g}, LoRA A "
                   f"{'trained' if probe.trains_lora_a else 'frozen (FFA-LoRA)'}, unused head rows without noise; "
                   f"'eps=8 old': AdamW lr {probe.training.learning_rate:g}, batch {size['batch_size']}, "
-                  f"{size['local_steps']} steps per round, A trained; clustering features {probe.clustering.features}, "
+                  f"{size['local_steps']} steps per round, A trained, sketches alone; clustering features {probe.clustering.features}, "
                   f"sketch dim {probe.clustering.sketch_dim}, accumulate {probe.clustering.accumulate}, by label count "
                   f"{probe.clustering.by_labels}",
         "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
