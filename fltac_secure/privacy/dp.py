@@ -16,8 +16,11 @@ normalisation turns noise-dominated coordinates into full-size steps of pure
 noise), large Poisson batches (the noise added per step is fixed, so a
 larger batch shrinks it relative to the summed gradient; at large rates the
 noise per unit of signal barely depends on the number of steps, so 10 steps
-per round train better than 3 at the same budget),
-LoRA A frozen (FFA-LoRA: no noise-times-noise term in B @ A), and no noise on
+per round train better than 3 at the same budget), a learning rate that
+scales with the slot's expected batch (``Plan.dp_learning_rate``: with the
+mean over the expected batch, each step's noise then has the same size at
+every batch, and a small slot, whose batches are mostly noise, takes small
+steps), LoRA A frozen (FFA-LoRA: no noise-times-noise term in B @ A), and no noise on
 head rows a task does not use (``unused_head_rows_hook``).
 
 Accounting lives in a ``DPTrainer``, one per site, built on that site's
