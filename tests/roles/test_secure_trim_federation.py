@@ -78,30 +78,13 @@ def test_secure_trimmed_quantised_run_equals_the_simulator(tmp_path_factory: pyt
     check_run(fed, run(fed, seeds(plan)), seeds(plan))
 
 
-def by_width(rows: dict[str, int]) -> Any:
-    """``server_assign`` with its labels replaced by the slot's label count (3 -> cluster 0, 2 -> cluster 1)."""
-    from fltac_secure.federation.rounds import Assignment, server_assign
-    from fltac_secure.learning.cluster import ClusterResult
-
-    def assign(state: Any, sketches: Any, plan: Any) -> Assignment:
-        a = server_assign(state, sketches, plan)
-        labels = {key: 0 if rows[key] == 3 else 1 for key in a.labels}
-        return Assignment(a.round, ClusterResult(k=a.clusters.k, labels=labels, centroids=a.clusters.centroids),
-                          a.sketch_sums)
-
-    return assign
-
-
-def test_per_cluster_lengths_in_one_masked_message(tmp_path_factory: pytest.TempPathFactory,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """Two clusters of different K_c in one round (the clustering is pinned to the tasks at both ends): every
-    site has a slot in each and sends two masked vectors of different lengths in one SA_MASKED (8 bits: packed,
-    counted per cluster), and the run equals the simulator."""
-    plan = tiny_plan(compression={"trim_head": True, "bits": 8, "secure_clip": 0.2}, secure_aggregation=SECURE)
+def test_per_cluster_lengths_in_one_masked_message(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two clusters of different K_c in one round (clustering.by_labels pins the clusters to the two tasks,
+    whose label counts differ, at both ends): every site has a slot in each and sends two masked vectors of
+    different lengths in one SA_MASKED (8 bits: packed, counted per cluster), and the run equals the simulator."""
+    plan = tiny_plan(compression={"trim_head": True, "bits": 8, "secure_clip": 0.2}, secure_aggregation=SECURE,
+                     clustering={"sketch_dim": 16, "n_init": 4, "by_labels": True})
     fed = Fed(plan, build_federation(plan, tmp_path_factory.mktemp("sectrim2") / "fed"))
-    assign = by_width(rows_by_slot(fed))
-    monkeypatch.setattr("aggregator.service.server_assign", assign)
-    monkeypatch.setattr("fltac_secure.simulation.methods.server_assign", assign)
     got = run(fed, seeds(plan))
     assert all(all(c["status"] == "summed" for c in row["secure"].values()) for row in got["history"])
     method, labels = simulate(fed, seeds(plan))
