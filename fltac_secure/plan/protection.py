@@ -38,7 +38,7 @@ class Privacy(Strict):
     )
     learning_rate: float | None = Field(
         default=None, gt=0, lt=100,
-        description=f"Learning rate under DP, the same for every slot. Default (null), sgd: per slot "
+        description=f"Learning rate under DP; a value set here applies to every slot. Default (null), sgd: per slot "
         f"{DP_SGD_LEARNING_RATE:g} x expected batch / {DP_SGD_REFERENCE_BATCH} (linear scaling: the step's noise then "
         "has the same size at every batch, and small slots, whose batches are mostly noise, take small steps; "
         "measured, benchmarks/results/dp.md); adamw: training.learning_rate.",

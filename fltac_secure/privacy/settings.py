@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fltac_secure.errors import PrivacyError
-from fltac_secure.privacy.accounting import ACCOUNTANTS, epsilon_of, noise_for_target, sample_rate
+from fltac_secure.plan.protection import DP_SGD_LEARNING_RATE, DP_SGD_REFERENCE_BATCH
+from fltac_secure.privacy.accounting import (
+    ACCOUNTANTS,
+    epsilon_of,
+    noise_for_target,
+    sample_rate,
+)
 
 if TYPE_CHECKING:
     from fltac_secure.plan import Plan
@@ -58,7 +64,6 @@ def learning_rate_text(plan: Plan) -> str:
     p = plan.privacy
     if p.learning_rate is not None or p.optimizer != "sgd":
         return f"lr {plan.dp_learning_rate(1):g}"
-    from fltac_secure.plan.protection import DP_SGD_LEARNING_RATE, DP_SGD_REFERENCE_BATCH
     return f"lr {DP_SGD_LEARNING_RATE:g} x batch/{DP_SGD_REFERENCE_BATCH}"
 
 
