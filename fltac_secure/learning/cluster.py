@@ -264,28 +264,32 @@ def _partition_by_kind(x: np.ndarray, k: int, kinds: Sequence[int], names: Seque
                          f"{k} clusters; raise clustering.k to at least {len(present)}")
     rows = {g: np.flatnonzero(kind_arr == g) for g in present}
 
-    def part(g: int, kg: int) -> tuple[np.ndarray, tuple[str, ...], int]:
-        sub = [names[i] for i in rows[g]] if names is not None else None
-        return _partition(x[rows[g]], kg, sub, n_init=n_init, seed=seed)
+    trials: dict[tuple[int, int], tuple[tuple[np.ndarray, tuple[str, ...], int], float]] = {}
+
+    def part(g: int, kg: int) -> tuple[tuple[np.ndarray, tuple[str, ...], int], float]:
+        """Kind ``g``'s rows in ``kg`` clusters and that partition's inertia, computed once per (g, kg)."""
+        if (g, kg) not in trials:
+            sub = [names[i] for i in rows[g]] if names is not None else None
+            found = _partition(x[rows[g]], kg, sub, n_init=n_init, seed=seed)
+            trials[g, kg] = found, _inertia(x[rows[g]], found[0])
+        return trials[g, kg]
 
     alloc = dict.fromkeys(present, 1)
-    parts = {g: part(g, 1) for g in present}
     distinct = {g: np.unique(x[rows[g]], axis=0).shape[0] for g in present}
     for capped in (True, False):
         while sum(alloc.values()) < k:
-            best: tuple[float, int, tuple[np.ndarray, tuple[str, ...], int]] | None = None
+            best: tuple[float, int] | None = None
             for g in present:
                 cap = (quota or {}).get(g, alloc[g] + 1) if capped else distinct[g]
                 if alloc[g] >= min(cap, distinct[g]):
                     continue
-                trial = part(g, alloc[g] + 1)
-                gain = _inertia(x[rows[g]], parts[g][0]) - _inertia(x[rows[g]], trial[0])
+                gain = part(g, alloc[g])[1] - part(g, alloc[g] + 1)[1]
                 if best is None or gain > best[0]:
-                    best = (gain, g, trial)
+                    best = (gain, g)
             if best is None:
                 break
             alloc[best[1]] += 1
-            parts[best[1]] = best[2]
+    parts = {g: part(g, alloc[g])[0] for g in present}
     labels = np.zeros(x.shape[0], dtype=np.int64)
     offset, crowded, moved = 0, [], 0
     for g in present:

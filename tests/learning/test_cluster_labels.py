@@ -70,3 +70,26 @@ def test_refused_inputs_name_the_problem() -> None:
         cluster_sketches(_noise(keys), 2, kinds={"a/0": 2, "b/0": 3, "c/0": 4})
     with pytest.raises(ValueError, match=r"no label count for slot\(s\) \['c/0'\]"):
         cluster_sketches(_noise(keys), 2, kinds={"a/0": 2, "b/0": 3})
+
+
+def test_each_label_count_is_partitioned_once_per_cluster_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handing out the extra clusters reruns K-means only for cluster counts not yet tried: the trial a label
+    count loses is kept for the next pass, not recomputed (the labels are the same either way: K-means is
+    seeded)."""
+    from fltac_secure.learning import cluster
+
+    calls: list[tuple[int, int]] = []
+    real = cluster._partition
+
+    def counted(x: np.ndarray, k: int, *args: object, **kw: object) -> tuple[np.ndarray, tuple[str, ...], int]:
+        calls.append((x.shape[0], k))
+        return real(x, k, *args, **kw)
+
+    monkeypatch.setattr(cluster, "_partition", counted)
+    keys = [f"s{i:02d}/{j}" for j, sites in enumerate((10, 7, 4)) for i in range(sites)]  # row counts tell kinds apart
+    kinds = {key: (2, 5, 10)[int(key[-1])] for key in keys}
+    res = cluster_sketches(_noise(keys), 8, seed=0, kinds=kinds)
+    assert len(res.sizes) == 8
+    assert len(calls) == len(set(calls))  # no (label count, cluster count) partitioned twice
+    for cid in res.sizes:
+        assert len({kinds[k] for k in res.members(cid)}) == 1
