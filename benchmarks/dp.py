@@ -204,11 +204,21 @@ def fmt(ms: list[float] | None, digits: int = 3) -> str:
     return "-" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
+def jobs_text(jobs: dict[str, dict[str, list[str]]]) -> str:
+    """The jobs a merged file was joined from: each command with the rows and seeds it ran."""
+    each = []
+    for cmd, rows in jobs.items():
+        held = ", ".join(f"{name} seed {','.join(seeds)}" for name, seeds in rows.items())
+        each.append(f"`{cmd}` ({held})")
+    return "Jobs, run side by side and joined with `python benchmarks/dp.py --merge FILE...`: " + "; ".join(each)
+
+
 def markdown(res: dict[str, Any]) -> str:
     meta = res["meta"]
     lines = ["# DP benchmark: FL-TAC under DP with the DP recipe, and the cost of a DP step", "",
              f"Setup: {meta['setup']}", f"Recipe: {meta['recipe']}",
-             f"Command: `{meta['command']}`; machine: {meta['machine']}.", ""]
+             (jobs_text(meta["jobs"]) if "jobs" in meta else f"Command: `{meta['command']}`")
+             + f"; machine: {meta['machine']}.", ""]
     acc = res.get("accuracy") or {}
     if acc:
         first = next(iter(acc.values()))["summary"]
@@ -368,6 +378,7 @@ def main() -> None:
         "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
                    + (f" --epsilons {args.epsilons}" if args.epsilons != EPSILONS else "")
                    + (" --no-old" if args.no_old else "") + f" --seeds {args.seeds}"
+                   + (f" --only-seeds {args.only_seeds}" if args.only_seeds else "")
                    + "".join(f" --set {x}" for x in args.set) + "".join(f" --recipe {x}" for x in args.recipe)
                    + "".join(f" --cluster {x}" for x in args.cluster)
                    + (f" --method {args.method}" if args.method != "fltac" else "")
@@ -468,7 +479,17 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
                              f"of this recipe: {meta['recipe']!r} (give the same --recipe/--cluster options)")
         if "timing" not in res and saved.get("timing"):
             res["timing"] = saved["timing"]
-    merged, _ = merge_results(paths, meta["setup"], rows="accuracy")
+    merged, machine = merge_results(paths, meta["setup"], rows="accuracy")
+    jobs: dict[str, dict[str, set[str]]] = {}  # command -> row -> seeds it ran (what each job contributed)
+    for path in paths:
+        saved = json.loads(path.read_text())
+        held = saved["meta"].get("jobs") or {saved["meta"].get("command", "?"): {
+            name: list(row.get("per_seed", {})) for name, row in saved.get("accuracy", {}).items()}}
+        for cmd, rows in held.items():
+            for name, seeds in rows.items():
+                jobs.setdefault(cmd, {}).setdefault(name, set()).update(seeds)
+    meta["jobs"] = {cmd: {name: sorted(seeds, key=int) for name, seeds in rows.items()} for cmd, rows in jobs.items()}
+    meta["machine"] = machine
     order = sorted(merged, key=lambda n: (n.endswith("old"), float(n.split("=")[1].split()[0])))
     res["accuracy"] = {}
     for name in order:

@@ -35,11 +35,11 @@ def test_records_without_separation_show_a_dash() -> None:
     assert "| 0.20 0.60 | - - |" in md
 
 
-def _file(tmp: Path, name: str, rows: dict, recipe: str = "r", setup: str = "s") -> Path:
+def _file(tmp: Path, name: str, rows: dict, recipe: str = "r", setup: str = "s", command: str = "c") -> Path:
     import json
 
     path = tmp / f"{name}.json"
-    path.write_text(json.dumps({"meta": {"setup": setup, "recipe": recipe, "command": "c", "machine": "m"},
+    path.write_text(json.dumps({"meta": {"setup": setup, "recipe": recipe, "command": command, "machine": "m"},
                                 "accuracy": {n: {"per_seed": ps} for n, ps in rows.items()}}))
     return path
 
@@ -47,13 +47,28 @@ def _file(tmp: Path, name: str, rows: dict, recipe: str = "r", setup: str = "s")
 def test_merge_joins_rows_and_seeds_from_side_by_side_jobs(tmp_path: Path) -> None:
     from dp import merge_into
 
-    a = _file(tmp_path, "a", {"eps=8": {"0": _run(0.8, [1.0], [0.3])}, "eps=8 old": {"0": _run(0.7, [0.2], [0.0])}})
-    b = _file(tmp_path, "b", {"eps=8": {"1": _run(0.9, [1.0], [0.3])}, "eps=inf": {"0": _run(0.95, [1.0], [0.5])}})
+    a = _file(tmp_path, "a", {"eps=8": {"0": _run(0.8, [1.0], [0.3])}, "eps=8 old": {"0": _run(0.7, [0.2], [0.0])}},
+              command="dp.py --only-seeds 0")
+    b = _file(tmp_path, "b", {"eps=8": {"1": _run(0.9, [1.0], [0.3])}, "eps=inf": {"0": _run(0.95, [1.0], [0.5])}},
+              command="dp.py --only-seeds 1")
     res = {"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}
     merge_into(res, [a, b])
     assert list(res["accuracy"]) == ["eps=8", "eps=inf", "eps=8 old"]
     assert list(res["accuracy"]["eps=8"]["per_seed"]) == ["0", "1"]
     assert abs(res["accuracy"]["eps=8"]["summary"]["mean_accuracy"][0] - 0.85) < 1e-9
+    # the report names each job's command and what it ran, not the merging command
+    jobs = {"dp.py --only-seeds 0": {"eps=8": ["0"], "eps=8 old": ["0"]},
+            "dp.py --only-seeds 1": {"eps=8": ["1"], "eps=inf": ["0"]}}
+    assert res["meta"]["jobs"] == jobs
+    assert "`dp.py --only-seeds 1` (eps=8 seed 1, eps=inf seed 0)" in markdown(res | {"meta": res["meta"] | {"machine": "m"}})
+    # a merged file merged again with one of its jobs keeps the same record
+    import json
+
+    merged = tmp_path / "merged.json"
+    merged.write_text(json.dumps(res))
+    again = {"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}
+    merge_into(again, [merged, a])
+    assert again["meta"]["jobs"] == jobs
 
 
 def test_merge_refuses_another_recipe_or_a_seed_that_differs(tmp_path: Path) -> None:
