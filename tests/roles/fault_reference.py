@@ -6,7 +6,9 @@ participation the aggregator recorded: for each round, who was sent
 ROUND_START, whose SKETCHES were clustered and whose UPDATEs were averaged
 (its checkpoint's ``history``); with ``compression.download_bits`` each round
 runs on the rounded starts drawn from the aggregator's ``rounding_key`` (read
-from its final checkpoint) and keeps the exact means, as the aggregator does.
+from its final checkpoint) and keeps the exact means, as the aggregator does;
+with ``compression.trim_head`` the updates are rebuilt from their wire parts
+and clustered with the plan's label counts (what the sites declare in JOIN).
 With full participation this is
 ``simulate_fltac``, which an uninterrupted process run matches bit for bit
 (``test_fault_matrix.py::test_uninterrupted_run_equals_reference``); where a
@@ -80,29 +82,34 @@ def _simulate(plan: Plan, data_root: Path, parts: Participation, rounding_key: b
         server_aggregate,
         server_assign,
     )
+    from fltac_secure.federation.trimmed import Trimmer, slot_head_rows
     from fltac_secure.learning.adapters import initial_vector
     from fltac_secure.simulation.context import SimContext
 
     ctx = SimContext(plan, load_federated_dir(plan, data_root))
     init = initial_vector(plan, plan.training.seed)
     state = ServerState(round=0, k=plan.k, vectors={}, rounding_key=rounding_key)
-    down = Downlink.of(plan) if plan.compression.download else None
+    trimmer = Trimmer.of(plan) if plan.compression.trim_head else None
+    head_rows = slot_head_rows(plan, ctx.key_task) if trimmer is not None else None  # as the sites declare in JOIN
+    down = Downlink.of(plan, trimmer) if plan.compression.download else None
     for r, (present, sketched, updated) in enumerate(parts):
         for site in present:  # a slot seen for the first time starts from the common initial adapter
             for slot in ctx.slots_of(site):
                 state.vectors.setdefault(slot.key, init.copy())
         exact = state
         if down is not None:  # the round runs on the rounded starts its ROUND_START carried
-            state, _ = down.started(state, None)
+            state, _ = down.started(state, head_rows)
         results = {s: client_round(ctx.model, s, ctx.slots_of(s), state.vectors, r, plan) for s in sketched}
         sketches = {x.key: np.asarray(x.sketch, dtype=np.float64) for s in sketched for x in results[s]}
         counts = {x.key: x.n_samples for s in sketched for x in results[s]}
-        assignment = server_assign(state, sketches, plan)
+        assignment = server_assign(state, sketches, plan, label_counts=head_rows)
         vectors = {x.key: x.vector for s in updated for x in results[s]}
+        if trimmer is not None:  # the float32 wire parts, rebuilt with the initial head rows
+            vectors = trimmer.through_wire(vectors, head_rows)
         sub = Assignment(r, ClusterResult(k=assignment.clusters.k,
                                           labels={k: assignment.labels[k] for k in vectors},
                                           centroids=assignment.clusters.centroids))
-        new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, plan)
+        new = server_aggregate(state, sub, vectors, {k: counts[k] for k in vectors}, plan, head_rows=head_rows)
         state = keep_exact(new, state, exact) if down is not None else new
     return state
 

@@ -20,11 +20,16 @@ the round starts are rounded with draws from the aggregator's checkpointed
 ``rounding_key``, so a restarted aggregator must send the same ROUND_START
 bytes and keep the exact means, and the reference replays those draws.
 
-The default suite runs three representative cells (the aggregator SIGKILLed
+With ``clustering.by_labels`` (``LABEL_CELLS``) the clusters depend on the
+label counts the sites declare in JOIN, which a restarted role must declare
+or learn again.
+
+The default suite runs four representative cells (the aggregator SIGKILLed
 with the ASSIGNMENT out; a site SIGTERMed mid-UPDATE; with 8-bit downloads,
-the aggregator SIGKILLed while the sites train on its ROUND_START); ``-m
-slow`` runs all 24, the other download cells, the uninterrupted reference and a site that never returns (the other
-branch of the reference: the simulation of a partial participation).  Each
+the aggregator SIGKILLed while the sites train on its ROUND_START; with
+``by_labels``, the aggregator SIGKILLed while it collects the SKETCHES); ``-m
+slow`` runs all 24, the other download and ``by_labels`` cells, the uninterrupted reference and a site that never
+returns (the other branch of the reference: the simulation of a partial participation).  Each
 cell costs a federation start-up (four Python processes importing torch)
 plus a restart.
 """
@@ -83,9 +88,20 @@ DOWNLOAD_CELLS += [("site", signal.SIGKILL, "training"), ("site", signal.SIGTERM
 """With 8-bit downloads: the phases where a ROUND_START is in flight or answered, and the FINAL hand-out."""
 
 
-def matrix_plan(download_bits: int = 32) -> Plan:
+LABEL_CELLS = [("aggregator", signal.SIGKILL, "sketches"), ("aggregator", signal.SIGTERM, "assignment"),
+               ("site", signal.SIGKILL, "sketches")]
+"""With ``clustering.by_labels`` (and the ``trim_head`` it needs): a restarted aggregator clusters with the label
+counts the sites declare again in JOIN; a restarted site declares them again."""
+
+
+def matrix_plan(download_bits: int = 32, by_labels: bool = False) -> Plan:
     timeouts = {"handshake_s": 5, "round_s": ROUND_S, "idle_s": 30, "join_s": JOIN_S}
-    extra = {"compression": {"download_bits": download_bits, "block_size": 16}} if download_bits < 32 else {}
+    extra: dict[str, object] = {}
+    if download_bits < 32:
+        extra["compression"] = {"download_bits": download_bits, "block_size": 16}
+    if by_labels:
+        extra["compression"] = {"trim_head": True}
+        extra["clustering"] = {"sketch_dim": 16, "n_init": 4, "by_labels": True}
     return tiny_plan(rounds=2, training=TRAINING, timeouts=timeouts, **extra)
 
 
@@ -127,7 +143,21 @@ def _assert_reference(fed: Fed, st: Steer, role: str) -> None:
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize(("role", "sig", "phase", "download_bits"), list(_cells()))
 def test_fault_matrix(tmp_path: Path, role: str, sig: signal.Signals, phase: str, download_bits: int) -> None:
-    fed = make_fed(tmp_path / "fed", matrix_plan(download_bits))
+    _run_cell(tmp_path, matrix_plan(download_bits), role, sig, phase)
+
+
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize(("role", "sig", "phase"), [
+    pytest.param(role, sig, phase, id=f"{role}-{sig.name}-{phase}",
+                 marks=[] if (role, sig, phase) == LABEL_CELLS[0] else [pytest.mark.slow])
+    for role, sig, phase in LABEL_CELLS])
+def test_fault_matrix_clustering_by_labels(tmp_path: Path, role: str, sig: signal.Signals, phase: str) -> None:
+    """A kill and restart with ``clustering.by_labels`` on ends in the uninterrupted run's adapters too."""
+    _run_cell(tmp_path, matrix_plan(by_labels=True), role, sig, phase)
+
+
+def _run_cell(tmp_path: Path, plan: Plan, role: str, sig: signal.Signals, phase: str) -> None:
+    fed = make_fed(tmp_path / "fed", plan)
     for name in slow_final_sites(role, phase):
         lengthen_final_evaluation(fed.layout, name)
     procs: dict[str, RoleProc] = {}
