@@ -208,7 +208,7 @@ def jobs_text(jobs: dict[str, dict[str, list[str]]]) -> str:
     """The jobs a merged file was joined from: each command with the rows and seeds it ran."""
     each = []
     for cmd, rows in jobs.items():
-        held = ", ".join(f"{name} seed {','.join(seeds)}" for name, seeds in rows.items())
+        held = ", ".join(f"{name} seed {','.join(seeds)}" for name, seeds in rows.items()) or "the step time"
         each.append(f"`{cmd}` ({held})")
     return "Jobs, run side by side and joined with `python benchmarks/dp.py --merge FILE...`: " + "; ".join(each)
 
@@ -252,16 +252,26 @@ def markdown(res: dict[str, Any]) -> str:
 def targets(res: dict[str, Any]) -> list[str]:
     out = []
     acc = {n: r["summary"] for n, r in (res.get("accuracy") or {}).items()}
-    if "eps=inf" in acc:
-        base = acc["eps=inf"]["mean_accuracy"]
+    rows = res.get("accuracy") or {}
+    if "eps=inf" in rows:
+        base = rows["eps=inf"]["per_seed"]
         for name, goal in (("eps=8", 3), ("eps=4", 6), ("eps=8 old", None)):
-            if name in acc:
-                m = acc[name]["mean_accuracy"]
-                d = 100 * (m[0] - base[0])
-                tie = abs(d) < 200 * math.hypot(m[1], base[1])  # within two sd of the difference
-                verdict = "" if goal is None else (": met" if d >= -goal else ": missed")
-                out.append(f"- {name} vs no DP: {d:+.1f} points" + (f" (target >= -{goal})" if goal else "")
-                           + verdict + (" (a tie: within 2 sd)" if tie else ""))
+            if name not in rows:
+                continue
+            runs = rows[name]["per_seed"]
+            both = [seed for seed in runs if seed in base]  # paired by seed: the partition decides much
+            if not both:
+                out.append(f"- {name} vs no DP: no seed run in both rows")
+                continue
+            diffs = [100 * (runs[seed]["mean_accuracy"] - base[seed]["mean_accuracy"]) for seed in both]
+            d = statistics.mean(diffs)
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+            tie = sd is not None and abs(d) < 2 * sd
+            verdict = "" if goal is None else (": met" if d >= -goal else ": missed")
+            spread = f", sd {sd:.1f}" if sd is not None else ""
+            out.append(f"- {name} vs no DP: {d:+.1f} points (paired over seed(s) {','.join(both)}{spread})"
+                       + (f" (target >= -{goal})" if goal else "") + verdict
+                       + (" (a tie: within 2 sd)" if tie else ""))
     for name, m in acc.items():
         if m["ari"] and len(m["ari"]) > 2 and name != "eps=inf":
             later = [a[0] for a in m["ari"][2:] if a is not None]
@@ -376,6 +386,7 @@ def main() -> None:
                   f"sketch dim {probe.clustering.sketch_dim}, accumulate {probe.clustering.accumulate}, by label count "
                   f"{probe.clustering.by_labels}",
         "command": "python benchmarks/dp.py" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
+                   + (" --timing" if args.timing else "")
                    + (f" --epsilons {args.epsilons}" if args.epsilons != EPSILONS else "")
                    + (" --no-old" if args.no_old else "") + f" --seeds {args.seeds}"
                    + (f" --only-seeds {args.only_seeds}" if args.only_seeds else "")
@@ -486,6 +497,7 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
         held = saved["meta"].get("jobs") or {saved["meta"].get("command", "?"): {
             name: list(row.get("per_seed", {})) for name, row in saved.get("accuracy", {}).items()}}
         for cmd, rows in held.items():
+            jobs.setdefault(cmd, {})
             for name, seeds in rows.items():
                 jobs.setdefault(cmd, {}).setdefault(name, set()).update(seeds)
     meta["jobs"] = {cmd: {name: sorted(seeds, key=int) for name, seeds in rows.items()} for cmd, rows in jobs.items()}

@@ -92,3 +92,41 @@ def test_seeds_whose_partition_leaves_a_task_one_slot_are_skipped() -> None:
     seeds, skipped = dp.usable_seeds(BENCH.parent / "plans" / "bench-4task.yaml", dict(dp.SIZE), 2)
     assert list(seeds) == [0, 2]
     assert skipped == {1: {"news": 1, "langid": 1}}
+
+
+def test_gaps_to_no_dp_are_paired_by_seed() -> None:
+    """The gap to no DP is taken over the seeds both rows ran, seed by seed, never mean against mean of other
+    seeds: a row run on seed 0 only is compared with seed 0's no-DP run."""
+    from dp import targets
+
+    inf = {"0": _run(0.90, [1.0], [0.5]), "2": _run(0.80, [1.0], [0.5]), "5": _run(0.70, [1.0], [0.5])}
+    eps8 = {"0": _run(0.88, [1.0], [0.3]), "2": _run(0.79, [1.0], [0.3]), "5": _run(0.66, [1.0], [0.3])}
+    old = {"0": _run(0.60, [0.2], [0.0])}
+    rows = {n: {"per_seed": ps, "summary": summarise(ps)} for n, ps in
+            (("eps=8", eps8), ("eps=inf", inf), ("eps=8 old", old))}
+    lines = targets({"accuracy": rows})
+    by = {x.split(" vs")[0]: x for x in lines if " vs no DP" in x}
+    assert by["- eps=8"].startswith("- eps=8 vs no DP: -2.3 points (paired over seed(s) 0,2,5, sd 1.5)")
+    assert by["- eps=8"].endswith("(target >= -3): met (a tie: within 2 sd)")  # -2, -1, -4: sd 1.5
+    assert by["- eps=8 old"] == "- eps=8 old vs no DP: -30.0 points (paired over seed(s) 0)"
+    other_seed = {"9": _run(0.5, [1.0], [0.1])}
+    rows["eps=4"] = {"per_seed": other_seed, "summary": summarise(other_seed)}
+    assert "- eps=4 vs no DP: no seed run in both rows" in targets({"accuracy": rows})
+
+
+def test_a_merged_step_time_job_is_named_with_its_command(tmp_path: Path) -> None:
+    import json
+
+    from dp import merge_into
+
+    a = _file(tmp_path, "a", {"eps=8": {"0": _run(0.8, [1.0], [0.3])}}, command="dp.py --only-seeds 0")
+    t = tmp_path / "t.json"
+    timing = {"plain_s": 3.0, "dp_s": 3.15, "ratio": 1.05, "steps": 30, "batch": [64, 48], "model": "minilm",
+              "ratio_per_pair_median": 1.03}
+    t.write_text(json.dumps({"meta": {"setup": "s", "recipe": "r", "command": "dp.py --timing", "machine": "m"},
+                             "accuracy": {}, "timing": timing}))
+    res = {"meta": {"setup": "s", "recipe": "r"}, "accuracy": {}}
+    merge_into(res, [a, t])
+    assert res["timing"] == timing
+    assert res["meta"]["jobs"]["dp.py --timing"] == {}
+    assert "`dp.py --timing` (the step time)" in markdown(res)
