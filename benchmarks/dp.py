@@ -255,7 +255,7 @@ def targets(res: dict[str, Any]) -> list[str]:
     rows = res.get("accuracy") or {}
     if "eps=inf" in rows:
         base = rows["eps=inf"]["per_seed"]
-        for name, goal in (("eps=8", 3), ("eps=4", 6), ("eps=8 old", None)):
+        for name, goal in (("eps=8", 3), ("eps=4", 6), ("eps=1", None), ("eps=8 old", None)):
             if name not in rows:
                 continue
             runs = rows[name]["per_seed"]
