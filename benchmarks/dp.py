@@ -499,7 +499,7 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
         for cmd, rows in held.items():
             jobs.setdefault(cmd, {})
             for name, seeds in rows.items():
-                jobs.setdefault(cmd, {}).setdefault(name, set()).update(seeds)
+                jobs[cmd].setdefault(name, set()).update(seeds)
     meta["jobs"] = {cmd: {name: sorted(seeds, key=int) for name, seeds in rows.items()} for cmd, rows in jobs.items()}
     meta["machine"] = machine
     order = sorted(merged, key=lambda n: (n.endswith("old"), float(n.split("=")[1].split()[0])))
