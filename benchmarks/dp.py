@@ -479,6 +479,7 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
     from accuracy import merge_results
 
     meta = res["meta"]
+    jobs: dict[str, dict[str, set[str]]] = {}  # command -> row -> seeds it ran (what each job contributed)
     for path in paths:
         try:
             saved = json.loads(path.read_text())
@@ -490,16 +491,13 @@ def merge_into(res: dict[str, Any], paths: list[Path]) -> None:
                              f"of this recipe: {meta['recipe']!r} (give the same --recipe/--cluster options)")
         if "timing" not in res and saved.get("timing"):
             res["timing"] = saved["timing"]
-    merged, machine = merge_results(paths, meta["setup"], rows="accuracy")
-    jobs: dict[str, dict[str, set[str]]] = {}  # command -> row -> seeds it ran (what each job contributed)
-    for path in paths:
-        saved = json.loads(path.read_text())
-        held = saved["meta"].get("jobs") or {saved["meta"].get("command", "?"): {
+        held = other.get("jobs") or {other.get("command", "?"): {
             name: list(row.get("per_seed", {})) for name, row in saved.get("accuracy", {}).items()}}
         for cmd, rows in held.items():
             jobs.setdefault(cmd, {})
             for name, seeds in rows.items():
                 jobs[cmd].setdefault(name, set()).update(seeds)
+    merged, machine = merge_results(paths, meta["setup"], rows="accuracy")
     meta["jobs"] = {cmd: {name: sorted(seeds, key=int) for name, seeds in rows.items()} for cmd, rows in jobs.items()}
     meta["machine"] = machine
     order = sorted(merged, key=lambda n: (n.endswith("old"), float(n.split("=")[1].split()[0])))
